@@ -1,0 +1,114 @@
+"""FedAvg (McMahan et al. 2017): a server samples clients, they train, it takes the
+sample-weighted mean of what comes back before the deadline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kernels import weighted_mean
+from kernels.random import derive_seed
+from protocols.base import Protocol
+
+
+def aggregate(rows: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
+    """FedAvg's aggregate: sum_k n_k w_k / sum_k n_k over [k, P] rows -> [P]."""
+    return weighted_mean(rows, num_examples)
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    fraction: float = 1.0          # share of clients sampled each round
+    deadline: float | None = None  # seconds after round start; later uploads are dropped
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"protocol.fraction must be in (0, 1], got {self.fraction}")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError(f"protocol.deadline must be > 0 or null, got {self.deadline}")
+
+
+class FedAvg(Protocol):
+    """Events of round r: download (model reaches client) -> train_done -> upload (reaches
+    server). The round ends when every selected client's upload arrived, or at the deadline.
+    Uploads are summed as they arrive, so the server holds one running weighted sum."""
+    name = "fedavg"
+
+    def bind(self):
+        e = self.engine
+        e.on("round_start", self._round_start, priority=40)
+        e.on("download", self._download, priority=20)
+        e.on("train_done", self._train_done, priority=30)
+        e.on("upload", self._upload, priority=10)
+        e.on("deadline", self._deadline, priority=50)
+        self.global_model = self.fleet.params[0].clone()
+        self.round = 0
+        self.dropped = 0
+
+    def start(self):
+        self.engine.schedule("round_start", 0.0, -1)
+
+    def models(self):
+        return self.global_model.unsqueeze(0)
+
+    def extra_metrics(self):
+        return {"clients_dropped": float(self.dropped)}
+
+    def _delay(self, nodes):
+        return self.ctx.server_latency[nodes] + self.fleet.model_bytes / self.ctx.server_bandwidth[nodes]
+
+    def _round_start(self, t, nodes, payload):
+        self.round += 1
+        n = self.fleet.n
+        k = max(1, int(round(self.cfg.fraction * n)))
+        rng = np.random.default_rng(derive_seed(self.ctx.seed, "fedavg-select", self.round))
+        self.selected = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
+        self.expected = len(self.selected)
+        self.received = 0
+        self.sum = torch.zeros_like(self.global_model, dtype=torch.float64)
+        self.weight = 0.0
+        self.open = True
+        self.bytes_sent += k * self.fleet.model_bytes
+        self.engine.schedule("download", t + self._delay(self.selected), self.selected, round=self.round)
+        if self.cfg.deadline is not None:
+            self.engine.schedule("deadline", t + self.cfg.deadline, -1, round=self.round)
+
+    def _current(self, nodes, payload):
+        keep = payload["round"] == self.round
+        return nodes[keep] if self.open else nodes[:0]
+
+    def _download(self, t, nodes, payload):
+        nodes = self._current(nodes, payload)
+        # a client's optimizer lives for one round: momentum starts at zero each download
+        self.fleet.set_params(nodes, self.global_model.expand(len(nodes), -1), reset_momentum=True)
+        self.engine.schedule("train_done", t + self.fleet.train_time(nodes), nodes, round=self.round)
+
+    def _train_done(self, t, nodes, payload):
+        nodes = self._current(nodes, payload)
+        self._record_loss(self.fleet.train(nodes))
+        self.bytes_sent += len(nodes) * self.fleet.model_bytes
+        self.engine.schedule("upload", t + self._delay(nodes), nodes, round=self.round)
+
+    def _upload(self, t, nodes, payload):
+        nodes = self._current(nodes, payload)
+        if len(nodes) == 0:
+            return
+        w = self.fleet.sizes[torch.as_tensor(nodes, device=self.fleet.device)].double()
+        self.sum += w @ self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)].double()
+        self.weight += float(w.sum())
+        self.received += len(nodes)
+        if self.received == self.expected:
+            self._close(t)
+
+    def _deadline(self, t, nodes, payload):
+        if self.open and payload["round"][0] == self.round:
+            self.dropped += self.expected - self.received
+            self._close(t)
+
+    def _close(self, t):
+        self.open = False
+        if self.weight > 0:  # nobody made the deadline: keep the old model
+            self.global_model = (self.sum / self.weight).to(self.global_model.dtype)
+        self.ctx.on_round(self.round, t)
+        self.engine.schedule("round_start", t, -1)
