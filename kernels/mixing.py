@@ -19,8 +19,7 @@ def sum_rows_into(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, n_ds
     if dst.numel() == 0:
         return rows.new_zeros(n_dst, rows.shape[1])
     ind = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones_like(dst, dtype=rows.dtype),
-                                  check_invariants=False,
-                                  (n_dst, rows.shape[0])).coalesce()
+                                  (n_dst, rows.shape[0]), check_invariants=False).coalesce()
     return torch.sparse.mm(ind, rows)
 
 
