@@ -73,6 +73,7 @@ class Fleet:
         self.y_test = torch.as_tensor(y_test, dtype=torch.long, device=self.device)
         self.speeds = np.asarray(speeds, dtype=np.float64)
         self.step_counter = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.last_loss = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
         if train.local_epochs is None:
             self.steps_np = np.full(n, train.local_steps, dtype=np.int64)
         else:
@@ -92,7 +93,8 @@ class Fleet:
         return torch.as_tensor(nodes, dtype=torch.long, device=self.device)
 
     def train(self, nodes: np.ndarray) -> torch.Tensor:
-        """Local SGD on the given nodes' own data, all in one batched call. Returns losses."""
+        """Local SGD on the given nodes' own data, all in one batched call. Returns each
+        node's mean training loss (also kept in `last_loss`)."""
         idx = self._ids(nodes)
         whole = len(nodes) == self.n and bool(np.all(nodes == np.arange(self.n)))
         params = self.params if whole else self.params[idx]
@@ -103,6 +105,7 @@ class Fleet:
                            torch.as_tensor(self.steps_np[nodes], device=self.device),
                            self.train_cfg.batch_size, self.train_cfg.sgd, self._sample_seed)
         self.step_counter[idx] = counter
+        self.last_loss[idx] = losses
         if not whole:
             self.params[idx] = params
             self.momentum[idx] = mom

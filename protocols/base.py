@@ -32,6 +32,7 @@ class Protocol:
     """Base class: subclasses set `name`, register handlers in `bind` and start in `start`."""
     name = ""
     independent_init = False  # does every node start from its own random model?
+    uses_graph = True         # False: clients talk only to a server (its links: Context.server_*)
 
     def __init__(self, cfg, ctx: Context):
         self.cfg = cfg
@@ -39,7 +40,6 @@ class Protocol:
         self.fleet = ctx.fleet
         self.engine = ctx.engine
         self.bytes_sent = 0
-        self.train_loss = float("nan")
         self.bind()
 
     def bind(self) -> None:
@@ -55,10 +55,6 @@ class Protocol:
     def extra_metrics(self) -> dict[str, float]:
         """Protocol-specific columns for metrics.csv."""
         return {}
-
-    def _record_loss(self, losses: torch.Tensor) -> None:
-        if losses.numel():
-            self.train_loss = float(losses.mean())
 
     def start_clock(self, round_time: float) -> None:
         """Asynchronous protocols: a round is `round_time` simulated seconds."""

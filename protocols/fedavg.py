@@ -34,6 +34,7 @@ class FedAvg(Protocol):
     server). The round ends when every selected client's upload arrived, or at the deadline.
     Uploads are summed as they arrive, so the server holds one running weighted sum."""
     name = "fedavg"
+    uses_graph = False
 
     def bind(self):
         e = self.engine
@@ -86,7 +87,7 @@ class FedAvg(Protocol):
 
     def _train_done(self, t, nodes, payload):
         nodes = self._current(nodes, payload)
-        self._record_loss(self.fleet.train(nodes))
+        self.fleet.train(nodes)
         self.bytes_sent += len(nodes) * self.fleet.model_bytes
         self.engine.schedule("upload", t + self._delay(nodes), nodes, round=self.round)
 

@@ -143,7 +143,7 @@ class Gossip(Protocol):
         self.engine.schedule("train_done", t + self.fleet.train_time(nodes), nodes)
 
     def _train_done(self, t, nodes, payload):
-        self._record_loss(self.fleet.train(nodes))
+        self.fleet.train(nodes)
         self.send(t, nodes)
         if self.cfg.mode == "async":
             self.engine.schedule("wake", t + self._interval(nodes), nodes)

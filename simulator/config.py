@@ -36,6 +36,16 @@ def build(cls, values: Mapping[str, Any] | None, where: str):
         raise ConfigError(str(err).replace("protocol.", f"{where}.") if where != "protocol" else str(err)) from None
 
 
+def _missing(values: Mapping, prefix: str = "") -> str | None:
+    """The first key left as Hydra's mandatory marker '???'."""
+    for k, v in values.items():
+        if v == "???":
+            return prefix + str(k)
+        if isinstance(v, Mapping) and (hit := _missing(v, f"{prefix}{k}.")):
+            return hit
+    return None
+
+
 def _choice(value, choices, key):
     if value not in choices:
         raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
@@ -130,7 +140,10 @@ class RunConfig:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "RunConfig":
-        cfg = dict(cfg)
+        cfg = {k: v for k, v in dict(cfg).items() if k != "hydra"}
+        missing = _missing(cfg)
+        if missing:
+            raise ConfigError(f"{missing} is required: set it on the command line, e.g. {missing}=...")
         top = {"nodes", "rounds", "seed", "device", "protocol", "topology", "data", "model",
                "train", "speed", "eval", "sim"}
         unknown = sorted(set(cfg) - top - {"hydra"})

@@ -107,13 +107,14 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
     owner = partition(data.y_train, cfg.nodes, d.partition, _rng(cfg.seed, "partition"),
                       alpha=d.alpha, classes_per_node=d.classes_per_node, exponent=d.exponent)
     speeds = compute_speeds(cfg.speed, cfg.nodes, _rng(cfg.seed, "speed"))
-    G = build_graph_for(cfg, graph)
+    proto_cls, _ = PROTOCOLS[cfg.protocol_name]
+    # star protocols (FedAvg) talk to a server outside the graph: build none unless given
+    G = build_graph_for(cfg, graph) if proto_cls.uses_graph or graph is not None else nx.empty_graph(cfg.nodes)
     edges = edge_arrays(G)
     srv = _rng(cfg.seed, "server-links")
     server_latency = cfg.topology.latency.sample(cfg.nodes, srv)
     server_bandwidth = cfg.topology.bandwidth.sample(cfg.nodes, srv)
 
-    proto_cls, _ = PROTOCOLS[cfg.protocol_name]
     module = model if model is not None else build_model(cfg, data)
     fleet = Fleet(module, data.X_train, data.y_train, owner, data.X_test, data.y_test, speeds,
                   cfg.train, cfg.seed, independent_init=getattr(cfg.protocol, "init", "shared") == "independent",
@@ -142,7 +143,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                    "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(unbiased=False)),
                    "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
                    "loss_mean": float(loss.mean()), "consensus_distance": consensus_distance(models),
-                   "bytes_sent": protocol.bytes_sent, "train_loss": protocol.train_loss,
+                   "bytes_sent": protocol.bytes_sent, "train_loss": float(fleet.last_loss.nanmean()),
                    **protocol.extra_metrics()}
             recorder.add(row)
             if bar is not None:

@@ -1,0 +1,105 @@
+"""Benchmarks (b) and (c): scale, in-process through `simulator.run`, one subprocess per case
+(so each case's peak RSS is its own).
+
+(b) 1,000 nodes x 100 rounds on digits, default MLP: FedAvg, and sync gossip on a random
+    8-regular graph. Target: < 30 s each.
+(c) 10,000 nodes x 20 rounds of gossip on synthetic data (20 samples per node, i.e.
+    data.n_samples=200000 before the test split), random 8-regular. Target: < 120 s, < 4 GB.
+
+    python benchmarks/bench_scale.py                        # all cases, full size
+    python benchmarks/bench_scale.py --case b_gossip        # one case (prints one JSON line)
+    python benchmarks/bench_scale.py --nodes 0.02 --rounds 0.05   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from _machine import header, set_threads, table
+
+# name: (nodes, rounds, overrides, target seconds, target GB)
+CASES = {
+    "b_fedavg": (1000, 100, ["protocol=fedavg", "data=digits"], 30, None),
+    "b_gossip": (1000, 100, ["protocol=gossip", "topology=random_regular", "topology.degree=8",
+                             "data=digits"], 30, None),
+    "c_gossip": (10000, 20, ["protocol=gossip", "topology=random_regular", "topology.degree=8",
+                             "data=synthetic"], 120, 4.0),
+}
+SAMPLES_PER_NODE = 20  # case c: data.n_samples = 20 * nodes
+
+
+def overrides_for(name: str, node_scale: float, round_scale: float) -> tuple[int, int, list[str]]:
+    nodes, rounds, extra, _, _ = CASES[name]
+    nodes, rounds = max(10, round(nodes * node_scale)), max(1, round(rounds * round_scale))
+    ov = [*extra, "model=mlp", f"nodes={nodes}", f"rounds={rounds}", "sim.progress=false"]
+    if name.startswith("c_"):
+        ov.append(f"data.n_samples={SAMPLES_PER_NODE * nodes}")
+    return nodes, rounds, ov
+
+
+def run_case(name: str, node_scale: float, round_scale: float) -> dict:
+    import torch
+    import simulator  # imported here so the parent process stays small
+
+    nodes, rounds, ov = overrides_for(name, node_scale, round_scale)
+    t0 = time.perf_counter()
+    result = simulator.run(overrides=ov, progress=False)
+    wall = time.perf_counter() - t0
+    s = result.summary
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"case": name, "nodes": nodes, "rounds": s["rounds_completed"], "overrides": ov,
+            "wall_s": wall, "run_wall_s": s["wall_time_s"], "sim_time_s": s["sim_time_s"],
+            "peak_rss_gb": rss_kb / 2**20, "accuracy": s["final"].get("accuracy_mean"),
+            "handler_calls": s["handler_calls"], "n_parameters": s["n_parameters"],
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", choices=sorted(CASES), help="run one case here and print a JSON line")
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    ap.add_argument("--nodes", type=float, default=1.0, help="scale factor on the node counts")
+    ap.add_argument("--rounds", type=float, default=1.0, help="scale factor on the round counts")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    if args.case:
+        print("BENCH_JSON " + json.dumps(run_case(args.case, args.nodes, args.rounds)))
+        return
+
+    results = []
+    for name in args.cases:
+        cmd = [sys.executable, __file__, "--case", name, "--nodes", str(args.nodes), "--rounds", str(args.rounds)]
+        proc = subprocess.run(cmd, timeout=args.timeout, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"case {name} failed (exit {proc.returncode}):\n{proc.stderr}")
+        line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON "))
+        results.append(json.loads(line.removeprefix("BENCH_JSON ")))
+
+    print(header("(b), (c) Scale: in-process `simulator.run`, one subprocess per case"))
+    if args.nodes != 1.0 or args.rounds != 1.0:
+        print(f"- SCALED RUN (nodes x{args.nodes}, rounds x{args.rounds}): the targets apply to full size only\n")
+    rows = []
+    for r in results:
+        _, _, _, t_s, t_gb = CASES[r["case"]]
+        ok = r["wall_s"] < t_s and (t_gb is None or r["peak_rss_gb"] < t_gb)
+        target = f"< {t_s} s" + (f", < {t_gb:g} GB" if t_gb else "")
+        rows.append([r["case"], f"{r['nodes']:,}", r["rounds"], f"{r['wall_s']:.1f}",
+                     f"{1e3 * r['wall_s'] / max(1, r['rounds']):.0f}", f"{r['peak_rss_gb']:.2f}",
+                     f"{r['accuracy']:.4f}", r["handler_calls"], target, "yes" if ok else "NO"])
+    print(table(["case", "nodes", "rounds", "wall (s)", "per round (ms)", "peak RSS (GB)",
+                 "final accuracy", "handler calls", "target", "met"], rows))
+    print("\n- wall: the whole `simulator.run` call (compose, data, setup, rounds, evaluation every "
+          "round); per round = wall / rounds. Peak RSS: ru_maxrss of the case's own process.")
+    for r in results:
+        print(f"- {r['case']}: `{' '.join(r['overrides'])}` ({r['n_parameters']:,} parameters per model, "
+              f"{r['threads']} torch threads)")
+
+
+if __name__ == "__main__":
+    main()

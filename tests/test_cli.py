@@ -1,0 +1,44 @@
+"""The `murmur` command: bad input gives one line and exit code 2; a sweep runs every job."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def murmur(*args, cwd, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["protocol=nope"], "unknown protocol 'nope'; choose one of: fedavg, gossip"),
+    (["nodes=0"], "nodes must be an integer >= 1"),
+    (["protocol.fraction=1.5"], "fraction must be in (0, 1]"),
+    (["data=npz", "data.path=missing.npz"], "npz file not found: missing.npz"),
+    (["data=npz"], "data.path"),
+    (["bogus=3"], "unknown key 'bogus'"),
+    (["topology=torus", "protocol=gossip", "nodes=7"], "torus"),
+    (["train.lr=-1"], "train.lr must be > 0"),
+])
+def test_bad_values_give_one_line_and_exit_code_2(tmp_path, args, needle):
+    p = murmur(*args, "sim.progress=false", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith("murmur: error: ") and needle in lines[0]
+
+
+def test_run_and_sweep_write_their_outputs(tmp_path):
+    p = murmur("-m", "protocol=fedavg,gossip", "seed=0,1", "nodes=8", "rounds=2", "topology=ring",
+               "sim.progress=false", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    summaries = sorted(Path(tmp_path, "sweep").glob("*/summary.json"))
+    assert len(summaries) == 4
+    combos = {(json.loads(s.read_text())["config"]["protocol_name"], json.loads(s.read_text())["seed"])
+              for s in summaries}
+    assert combos == {("fedavg", 0), ("fedavg", 1), ("gossip", 0), ("gossip", 1)}
+    assert p.stdout.count("murmur: ") == 4  # one summary line per job

@@ -1,0 +1,140 @@
+"""Batched kernels against the plain per-node computation on the same inputs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from kernels import (MLP, BatchedModel, Layout, LeNet, LogisticRegression, SGDConfig, SmallCNN,
+                     consensus_distance, counter_uniform, init_stack, local_sgd,
+                     sample_minibatches, sum_rows_into, weighted_mean)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _data(n_nodes=5, per_node=13, features=64, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n_nodes * per_node, features, generator=g)
+    y = torch.randint(0, classes, (n_nodes * per_node,), generator=g)
+    sizes = torch.tensor([per_node - i for i in range(n_nodes)])  # unequal sizes
+    offsets = torch.arange(n_nodes) * per_node
+    return X, y, offsets, sizes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_training_equals_per_node_torch_loops(device):
+    n, B, steps = 5, 4, torch.tensor([3, 3, 2, 1, 3])
+    X, y, offsets, sizes = _data(n)
+    X, y, offsets, sizes, steps = (t.to(device) for t in (X, y, offsets, sizes, steps))
+    template = MLP(64, 10, (16,)).to(device)
+    bm = BatchedModel(template)
+    params = init_stack(template, bm.layout, n, seed=7, independent=True, device=device)
+    start = params.clone()
+    buf = torch.zeros_like(params)
+    cfg = SGDConfig(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    counter = torch.zeros(n, dtype=torch.long, device=device)
+    nodes = torch.arange(n, device=device)
+    local_sgd(bm, params, buf, X, y, nodes, counter, offsets, sizes, steps, B, cfg, seed=11)
+
+    for i in range(n):  # the ordinary way: one module, one optimizer, one loop per node
+        model = copy.deepcopy(template)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(bm.layout.unflatten(start[i])[name])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        for s in range(int(steps[i])):
+            idx = sample_minibatches(11, nodes[i:i + 1], torch.tensor([s], device=device),
+                                     offsets[i:i + 1], sizes[i:i + 1], B)[0]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+        ref = bm.layout.flatten(dict(model.named_parameters())).detach()
+        assert torch.allclose(params[i], ref, atol=1e-5), f"node {i} differs"
+    assert torch.equal(counter, steps)
+
+
+def test_minibatches_stay_in_each_nodes_own_data_and_do_not_depend_on_batching():
+    X, y, offsets, sizes = _data(5)
+    nodes = torch.arange(5)
+    step = torch.tensor([0, 4, 2, 9, 1])
+    together = sample_minibatches(3, nodes, step, offsets, sizes, 32)
+    alone = torch.cat([sample_minibatches(3, nodes[i:i + 1], step[i:i + 1], offsets[i:i + 1],
+                                          sizes[i:i + 1], 32) for i in range(5)])
+    assert torch.equal(together, alone)
+    assert bool(((together >= offsets[:, None]) & (together < (offsets + sizes)[:, None])).all())
+    assert len(set(together[0].tolist())) > 5  # actually random
+
+
+def test_counter_uniform_is_deterministic_and_uniform():
+    c = torch.arange(100_000)
+    u = counter_uniform(5, c)
+    assert torch.equal(u, counter_uniform(5, c))
+    assert not torch.equal(u, counter_uniform(6, c))
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01
+    assert abs(float(u.var()) - 1 / 12) < 0.002
+
+
+def test_layout_views_round_trip_and_slice_the_stack():
+    m = MLP(6, 3, (4, 5))
+    lay = Layout.from_module(m)
+    assert lay.size == sum(p.numel() for p in m.parameters())
+    row = lay.flatten(dict(m.named_parameters()))
+    views = lay.unflatten(row)
+    for name, p in m.named_parameters():
+        assert torch.equal(views[name], p)
+    stack = torch.zeros(3, lay.size)
+    lay.unflatten(stack)["net.0.weight"][1] += 1  # a view: writes through to the stack
+    assert stack[1].sum() == 4 * 6 and stack[0].sum() == 0
+    assert lay.segment_ids().bincount().tolist() == [b - a for a, b in zip(lay.offsets, lay.offsets[1:])]
+
+
+def test_module_with_buffers_is_refused():
+    with pytest.raises(ValueError, match="buffers"):
+        Layout.from_module(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)))
+
+
+def test_init_stack_independent_vs_shared():
+    m = MLP(8, 3, (16,))
+    lay = Layout.from_module(m)
+    ind = init_stack(m, lay, 4, seed=1, independent=True)
+    sh = init_stack(m, lay, 4, seed=1, independent=False)
+    assert not torch.equal(ind[0], ind[1])
+    assert torch.equal(sh[0], sh[3])
+    assert torch.equal(init_stack(m, lay, 4, seed=1, independent=True), ind)  # seeded
+    assert torch.equal(init_stack(m, lay, 2, seed=1, independent=True), ind[:2])  # row i independent of N
+    w = lay.unflatten(ind)["net.0.weight"]
+    assert float(w.abs().max()) <= 1 / 8 ** 0.5
+    assert abs(float(w.std()) - (1 / 8 ** 0.5) / 3 ** 0.5) < 0.02  # uniform(+-b) has std b/sqrt(3)
+
+
+@pytest.mark.parametrize("make", [lambda: LogisticRegression(64, 10), lambda: MLP(64, 10, (32,)),
+                                  lambda: SmallCNN((1, 8, 8), 10), lambda: LeNet((1, 28, 28), 10)])
+def test_batched_evaluation_equals_per_model_forward(make):
+    template = make()
+    bm = BatchedModel(template)
+    F = bm.layout.shapes[0][1] if isinstance(template, (LogisticRegression, MLP)) else None
+    F = F or (784 if isinstance(template, LeNet) else 64)
+    params = init_stack(template, bm.layout, 3, seed=2, independent=True)
+    X = torch.randn(50, F)
+    y = torch.randint(0, 10, (50,))
+    acc, loss = bm.evaluate(params, X, y, max_elements=60)  # force chunking
+    for i in range(3):
+        m = copy.deepcopy(template)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(bm.layout.unflatten(params[i])[name])
+            out = m(X)
+        assert abs(float(acc[i]) - float((out.argmax(1) == y).float().mean())) < 1e-6
+        assert abs(float(loss[i]) - float(nn.functional.cross_entropy(out, y))) < 1e-5
+
+
+def test_weighted_mean_and_sparse_sums_match_hand_computation():
+    rows = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, -2.0]])
+    w = torch.tensor([1.0, 2.0, 1.0])
+    assert torch.allclose(weighted_mean(rows, w), torch.tensor([(1 + 6 + 5) / 4, (2 + 12 - 2) / 4]))
+    dst = torch.tensor([0, 0, 2, 1])
+    src = torch.tensor([0, 2, 1, 1])
+    out = sum_rows_into(dst, src, rows, 3)
+    assert torch.allclose(out, torch.stack([rows[0] + rows[2], rows[1], rows[1]]))
+    assert consensus_distance(torch.tensor([[0.0, 0.0], [2.0, 0.0]])) == pytest.approx(1.0)
