@@ -59,10 +59,11 @@ class Mailbox:
         self._next = 0
 
     def post(self, rows: torch.Tensor, n_deliveries: int) -> int:
+        """Keep `rows` (a tensor the caller hands over, not a view) until delivered."""
         sid = self._next
         self._next += 1
         if n_deliveries:
-            self._snaps[sid] = [rows.clone(), n_deliveries]
+            self._snaps[sid] = [rows, n_deliveries]
         return sid
 
     def deliver(self, dst: np.ndarray, snap: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -156,6 +157,7 @@ class Gossip(Protocol):
             return
         starts = np.repeat(off[nodes] - np.concatenate([[0], np.cumsum(deg)[:-1]]), deg)
         e = starts + np.arange(total)
+        # advanced indexing copies: the snapshot keeps the models as sent
         snap = self.mailbox.post(self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)], total)
         delay = self.edges["latency"][e] + self.fleet.model_bytes / self.edges["bandwidth"][e]
         self.bytes_sent += total * self.fleet.model_bytes

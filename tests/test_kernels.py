@@ -21,13 +21,23 @@ def _data(n_nodes=5, per_node=13, features=64, classes=10, seed=0):
     return X, y, offsets, sizes
 
 
+TEMPLATES = {
+    "mlp-bmm": (lambda: MLP(64, 10, (16, 12)), True),
+    "mlp-vmap": (lambda: MLP(64, 10, (16, 12)), False),
+    "cnn-vmap": (lambda: SmallCNN((1, 8, 8), 10), True),
+}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_batched_training_equals_per_node_torch_loops(device):
+@pytest.mark.parametrize("template_name", list(TEMPLATES))
+def test_batched_training_equals_per_node_torch_loops(device, template_name):
     n, B, steps = 5, 4, torch.tensor([3, 3, 2, 1, 3])
     X, y, offsets, sizes = _data(n)
     X, y, offsets, sizes, steps = (t.to(device) for t in (X, y, offsets, sizes, steps))
-    template = MLP(64, 10, (16,)).to(device)
-    bm = BatchedModel(template)
+    make, fast = TEMPLATES[template_name]
+    template = make().to(device)
+    bm = BatchedModel(template, fast=fast)
+    assert (bm.chain is not None) == (template_name == "mlp-bmm")
     params = init_stack(template, bm.layout, n, seed=7, independent=True, device=device)
     start = params.clone()
     buf = torch.zeros_like(params)
@@ -51,6 +61,26 @@ def test_batched_training_equals_per_node_torch_loops(device):
         ref = bm.layout.flatten(dict(model.named_parameters())).detach()
         assert torch.allclose(params[i], ref, atol=1e-5), f"node {i} differs"
     assert torch.equal(counter, steps)
+
+
+@pytest.mark.parametrize("make", [lambda: MLP(64, 10, (32, 16)), lambda: LogisticRegression(64, 10),
+                                  lambda: nn.Sequential(nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 10))])
+def test_handwritten_bmm_path_equals_torch_func(make):
+    template = make()
+    fast, ref = BatchedModel(template), BatchedModel(template, fast=False)
+    assert fast.chain is not None
+    params = init_stack(template, fast.layout, 6, seed=3, independent=True)
+    x, y = torch.randn(6, 9, 64), torch.randint(0, 10, (6, 9))
+    (g1, l1), (g2, l2) = fast.grad(params, x, y), ref.grad(params, x, y)
+    assert torch.allclose(g1, g2, atol=1e-6) and torch.allclose(l1, l2, atol=1e-6)
+    X, Y = torch.randn(40, 64), torch.randint(0, 10, (40,))
+    for a, b in zip(fast.evaluate(params, X, Y), ref.evaluate(params, X, Y)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_models_outside_the_linear_relu_chain_use_torch_func():
+    assert BatchedModel(SmallCNN((1, 8, 8), 10)).chain is None
+    assert BatchedModel(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))).chain is None
 
 
 def test_minibatches_stay_in_each_nodes_own_data_and_do_not_depend_on_batching():
