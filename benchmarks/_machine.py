@@ -32,7 +32,7 @@ def header(title: str) -> str:
     return "\n".join([
         f"## {title}", "",
         f"- command: `{cmd}`",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}", ""])
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from clients.datasets import DataError
 from clients.partition import PartitionError
 from simulator.config import ConfigError
-from simulator.run import SCENARIOS, run, summary_line
+from simulator.run import SCENARIOS, compose, run, summary_line
 from topologies import TopologyError
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, TopologyError)
@@ -53,6 +53,16 @@ def check_overrides(args: list[str]) -> None:
         elif key.split(".")[0] not in base and key.split(".")[0] not in GROUPS:
             valid = sorted([k for k in base if k not in ("defaults", "hydra")] + list(GROUPS))
             _fail(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
+    # compose the first job of a sweep, so any other override error is caught here, in one line
+    probe = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+             else o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
+    try:
+        compose(probe)
+    except Exception as err:  # Hydra's composition errors: keep their words, drop the hints
+        text = f"{err}\n{err.__cause__ or ''}"
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+                 and not ln.strip().startswith(("full_key", "object_type", "Set the environment"))]
+        _fail(" ".join(lines))
 
 
 @hydra.main(config_path=str(SCENARIOS), config_name="config", version_base=None)

@@ -111,6 +111,8 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
     # star protocols (FedAvg) talk to a server outside the graph: build none unless given
     G = build_graph_for(cfg, graph) if proto_cls.uses_graph or graph is not None else nx.empty_graph(cfg.nodes)
     edges = edge_arrays(G)
+    topology_name = ("user graph" if graph is not None else cfg.topology.name) if proto_cls.uses_graph \
+        or graph is not None else "server"
     srv = _rng(cfg.seed, "server-links")
     server_latency = cfg.topology.latency.sample(cfg.nodes, srv)
     server_bandwidth = cfg.topology.bandwidth.sample(cfg.nodes, srv)
@@ -162,7 +164,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
             bar.close()
         final = recorder.rows[-1] if recorder.rows else {}
         summary = {
-            "title": f"{cfg.protocol_name}, {cfg.nodes} nodes, {cfg.topology.name}, {cfg.data.name}",
+            "title": f"{cfg.protocol_name}, {cfg.nodes} nodes, {topology_name}, {cfg.data.name}",
             "config": _plain_config(cfg),
             "final": {k: v for k, v in final.items() if k.startswith(("accuracy", "loss", "consensus"))},
             "rounds_completed": final.get("round", 0),

@@ -23,6 +23,7 @@ def murmur(*args, cwd, timeout=240):
     (["bogus=3"], "unknown key 'bogus'"),
     (["topology=torus", "protocol=gossip", "nodes=7"], "torus"),
     (["train.lr=-1"], "train.lr must be > 0"),
+    (["train.nope=1"], "train.nope"),
 ])
 def test_bad_values_give_one_line_and_exit_code_2(tmp_path, args, needle):
     p = murmur(*args, "sim.progress=false", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
