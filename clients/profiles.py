@@ -15,17 +15,19 @@ def _erfinv(x: np.ndarray) -> np.ndarray:
     return torch.special.erfinv(torch.as_tensor(x, dtype=torch.float64)).numpy()
 
 
-KINDS = ("constant", "uniform", "lognormal", "exponential")
+KINDS = ("constant", "uniform", "uniform_int", "lognormal", "exponential")
 
 
 @dataclass(frozen=True)
 class Distribution:
     """A seeded scalar distribution for per-node or per-link values.
 
-    kind   one of constant, uniform, lognormal, exponential.
-    value  constant: every sample equals `value`.
-    low    uniform: samples lie in [low, high).
-    high   uniform: upper bound.
+    kind   one of constant, uniform, uniform_int, lognormal, exponential.
+    value  constant: every sample equals `value` (may be .inf: an infinite speed or bandwidth
+           makes training or transfer instantaneous).
+    low    uniform: samples lie in [low, high); uniform_int: integers low..high inclusive
+           (e.g. whole clock ticks).
+    high   uniform, uniform_int: upper bound.
     mean   lognormal: the MEDIAN of the samples (the underlying normal has mu = log(mean)),
            so `mean` reads as "a typical node"; exponential: the mean. Must be > 0.
     sigma  lognormal: standard deviation of log-values (0 gives a constant; 1 spans ~e-fold).
@@ -45,7 +47,8 @@ class Distribution:
             raise ValueError(f"unknown distribution kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         for f in fields(self)[1:]:
             v = getattr(self, f.name)
-            if not isinstance(v, Real) or isinstance(v, bool) or not math.isfinite(v):
+            if not isinstance(v, Real) or isinstance(v, bool) or math.isnan(v) or \
+                    (math.isinf(v) and not (f.name == "value" and v > 0)):
                 raise ValueError(f"distribution {f.name} must be a finite number, got {v!r}")
             # Config files give ints; store floats so equal specs compare and print alike.
             object.__setattr__(self, f.name, float(v))
@@ -62,6 +65,8 @@ class Distribution:
             return np.full(n, float(self.value))
         if self.kind == "uniform":
             return rng.uniform(self.low, self.high, n)
+        if self.kind == "uniform_int":
+            return self.quantile(rng.random(n))
         if self.kind == "lognormal":
             return rng.lognormal(math.log(self.mean), self.sigma, n)
         return rng.exponential(self.mean, n)
@@ -74,6 +79,9 @@ class Distribution:
             return np.full(u.shape, float(self.value))
         if self.kind == "uniform":
             return self.low + (self.high - self.low) * u
+        if self.kind == "uniform_int":
+            lo, hi = math.ceil(self.low), math.floor(self.high)
+            return np.minimum(lo + np.floor(u * (hi - lo + 1)), hi)
         if self.kind == "lognormal":
             z = math.sqrt(2.0) * _erfinv(2.0 * np.clip(u, 1e-300, 1 - 1e-16) - 1.0)
             return self.mean * np.exp(self.sigma * z)
@@ -84,7 +92,7 @@ class Distribution:
         """Whether every possible draw is > 0."""
         if self.kind == "constant":
             return self.value > 0
-        if self.kind == "uniform":
+        if self.kind in ("uniform", "uniform_int"):
             return self.low > 0
         return True
 

@@ -52,10 +52,10 @@ class Layout:
         """The inverse of `unflatten` for one model: a [P] row."""
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
-    def segment_ids(self, device=None) -> torch.Tensor:
-        """[P] int64: which parameter tensor each coordinate of a row belongs to."""
-        sizes = torch.tensor([b - a for a, b in zip(self.offsets, self.offsets[1:])], device=device)
-        return torch.repeat_interleave(torch.arange(self.n_tensors, device=device), sizes)
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Number of elements of each parameter tensor, in row order."""
+        return tuple(b - a for a, b in zip(self.offsets, self.offsets[1:]))
 
     def is_weight(self) -> tuple[bool, ...]:
         """True for weight matrices / kernels (>= 2 dims), False for biases and gains."""

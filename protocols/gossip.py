@@ -2,8 +2,10 @@
 `beta * self + (1 - beta) * mean(received)` as soon as its buffer holds deg(node) models.
 
 `sync`: rounds with a barrier (all nodes train at the round start; the round ends when every
-node has merged). `async`: each node wakes on its own clock (intervals drawn from `wake`),
-trains, sends; rounds are `round_time` simulated seconds, for evaluation only.
+node has merged). `async` (the protocol of Tian et al.'s simulator): each node wakes every
+`wake` seconds (an interval drawn per wake-up; never before its previous training is done),
+trains, sends after each training; rounds are `round_time` simulated seconds, for evaluation
+only.
 """
 from __future__ import annotations
 
@@ -50,10 +52,12 @@ class Mailbox:
 
     A send stores the senders' rows once (a snapshot); each delivery names (snapshot, row).
     Receivers keep a running sum and a count; a snapshot is freed after its last delivery.
+    A row may carry extra columns after the parameters (per-model statistics that a protocol
+    wants summed over the received models); `width` is the full row length.
     """
 
-    def __init__(self, n: int, p: int, device):
-        self.sum = torch.zeros(n, p, device=device)
+    def __init__(self, n: int, width: int, device):
+        self.sum = torch.zeros(n, width, device=device)
         self.count = np.zeros(n, dtype=np.int64)
         self._snaps: dict[int, list] = {}
         self._next = 0
@@ -96,6 +100,7 @@ class Mailbox:
 
 class Gossip(Protocol):
     name = "gossip"
+    extra_columns = 0  # statistics sent along with each model (see `outgoing`)
 
     @property
     def independent_init(self):
@@ -109,7 +114,7 @@ class Gossip(Protocol):
         e.on("round_start", self._round_start, priority=40)
         self.edges = self.ctx.edges
         self.degree = self.edges["degree"]
-        self.mailbox = Mailbox(f.n, f.layout.size, f.device)
+        self.mailbox = Mailbox(f.n, f.layout.size + self.extra_columns, f.device)
         self.round = 0
         self.merges = 0
         self._wake_seed = derive_seed(self.ctx.seed, "wake")
@@ -138,16 +143,18 @@ class Gossip(Protocol):
         everyone = np.arange(self.fleet.n)
         self.engine.schedule("train_done", t + self.fleet.train_time(everyone), everyone)
 
-    # async clock
+    # async clock: wake, train for train_time, send; wake again `interval` after the last
+    # wake-up, or when training ends if that is later
     def _wake(self, t, nodes, payload):
+        busy = self.fleet.train_time(nodes)
+        gap = np.maximum(self._interval(nodes), busy)
         self.wakes[nodes] += 1
-        self.engine.schedule("train_done", t + self.fleet.train_time(nodes), nodes)
+        self.engine.schedule("train_done", t + busy, nodes)
+        self.engine.schedule("wake", t + gap, nodes)
 
     def _train_done(self, t, nodes, payload):
         self.fleet.train(nodes)
         self.send(t, nodes)
-        if self.cfg.mode == "async":
-            self.engine.schedule("wake", t + self._interval(nodes), nodes)
 
     def send(self, t: float, nodes: np.ndarray) -> None:
         """Each node sends its current model to all its neighbours."""
@@ -158,7 +165,8 @@ class Gossip(Protocol):
         starts = np.repeat(off[nodes] - np.concatenate([[0], np.cumsum(deg)[:-1]]), deg)
         e = starts + np.arange(total)
         # advanced indexing copies: the snapshot keeps the models as sent
-        snap = self.mailbox.post(self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)], total)
+        rows = self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)]
+        snap = self.mailbox.post(self.outgoing(rows), total)
         delay = self.edges["latency"][e] + self.fleet.model_bytes / self.edges["bandwidth"][e]
         self.bytes_sent += total * self.fleet.model_bytes
         self.engine.schedule("deliver", t + delay, self.edges["dst"][e], key=self.edges["src"][e],
@@ -175,9 +183,17 @@ class Gossip(Protocol):
                 self.ctx.on_round(self.round, t)
                 self.engine.schedule("round_start", t, -1)
 
+    def outgoing(self, rows: torch.Tensor) -> torch.Tensor:
+        """What a send carries per model: the parameters (subclasses append statistics)."""
+        return rows
+
     def merge_nodes(self, nodes: np.ndarray) -> None:
-        """Merge the nodes' buffered models into their own (subclasses change the rule)."""
+        """Merge the nodes' buffered models into their own."""
         received, count = self.mailbox.take(nodes)
         idx = torch.as_tensor(nodes, device=self.fleet.device)
-        self.fleet.set_params(nodes, merge(self.fleet.params[idx], received, count, self.cfg.beta))
+        self.fleet.set_params(nodes, self.merge_rule(self.fleet.params[idx], received, count))
         self.merges += len(nodes)
+
+    def merge_rule(self, own: torch.Tensor, received: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """own [n, P], received [n, width] summed rows, count [n] -> merged [n, P]."""
+        return merge(own, received, count, self.cfg.beta)

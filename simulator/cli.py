@@ -22,7 +22,7 @@ from simulator.run import SCENARIOS, compose, run, summary_line
 from topologies import TopologyError
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, TopologyError)
-GROUPS = ("protocol", "topology", "data", "model", "train")
+GROUPS = tuple(sorted(p.name for p in SCENARIOS.iterdir() if p.is_dir()))  # protocol, topology, ...
 
 
 def _fail(message: str) -> None:
@@ -45,7 +45,7 @@ def check_overrides(args: list[str]) -> None:
         if o.package is not None or key.startswith("hydra") or key.startswith("+") or o.is_add():
             continue
         if key in GROUPS:
-            choices = sorted(p.stem for p in (SCENARIOS / key).glob("*.yaml"))
+            choices = sorted(p.stem for p in (SCENARIOS / key).glob("*.yaml") if not p.stem.startswith("_"))
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for v in values:
                 if v not in choices:

@@ -137,6 +137,7 @@ class RunConfig:
     speed: Distribution
     eval: EvalConfig
     sim: SimConfig
+    label: str = ""  # a name for the run (an experiment's arm); shown in outputs
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "RunConfig":
@@ -145,7 +146,7 @@ class RunConfig:
         if missing:
             raise ConfigError(f"{missing} is required: set it on the command line, e.g. {missing}=...")
         top = {"nodes", "rounds", "seed", "device", "protocol", "topology", "data", "model",
-               "train", "speed", "eval", "sim"}
+               "train", "speed", "eval", "sim", "label"}
         unknown = sorted(set(cfg) - top - {"hydra"})
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(top))}")
@@ -178,4 +179,5 @@ class RunConfig:
             speed=speed,
             eval=build(EvalConfig, cfg.get("eval"), "eval"),
             sim=build(SimConfig, cfg.get("sim"), "sim"),
+            label=str(cfg.get("label") or ""),
         )

@@ -28,6 +28,7 @@ from clients.partition import partition
 from clients.profiles import compute_speeds
 from kernels import MLP, LeNet, LogisticRegression, SmallCNN, consensus_distance
 from kernels.random import derive_seed
+from kernels.variance import segment_indicator, segment_moments
 from protocols import PROTOCOLS, Context
 from simulator.config import ConfigError, RunConfig
 from simulator.engine import Engine
@@ -134,22 +135,25 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.rounds, desc=f"{cfg.protocol_name} x{cfg.nodes}", unit="round", leave=False)
 
+    def evaluate(r: int, t: float) -> None:
+        models = protocol.models()
+        rows = models if eval_nodes is None or len(models) == 1 else models[eval_nodes]
+        acc, loss = fleet.evaluate(rows, cfg.eval.max_test)
+        row = {"round": r, "sim_time_s": t, "wall_time_s": time.perf_counter() - wall0,
+               "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(unbiased=False)),
+               "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
+               "loss_mean": float(loss.mean()), "consensus_distance": consensus_distance(models),
+               "bytes_sent": protocol.bytes_sent, "train_loss": float(fleet.last_loss.nanmean()),
+               **protocol.extra_metrics(), **layer_variances(rows, fleet.layout)}
+        recorder.add(row)
+        if bar is not None:
+            bar.set_postfix(acc=f"{row['accuracy_mean']:.3f}")
+
     def on_round(r: int, t: float) -> None:
         if bar is not None:
             bar.update(1)
         if r % cfg.eval.every == 0 or r >= cfg.rounds:
-            models = protocol.models()
-            rows = models if eval_nodes is None or len(models) == 1 else models[eval_nodes]
-            acc, loss = fleet.evaluate(rows, cfg.eval.max_test)
-            row = {"round": r, "sim_time_s": t, "wall_time_s": time.perf_counter() - wall0,
-                   "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(unbiased=False)),
-                   "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
-                   "loss_mean": float(loss.mean()), "consensus_distance": consensus_distance(models),
-                   "bytes_sent": protocol.bytes_sent, "train_loss": float(fleet.last_loss.nanmean()),
-                   **protocol.extra_metrics()}
-            recorder.add(row)
-            if bar is not None:
-                bar.set_postfix(acc=f"{row['accuracy_mean']:.3f}")
+            evaluate(r, t)
         if r >= cfg.rounds:
             engine.stop()
 
@@ -157,6 +161,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                   server_bandwidth=server_bandwidth, engine=engine, seed=cfg.seed, on_round=on_round)
     protocol = proto_cls(cfg.protocol, ctx)
     try:
+        evaluate(0, 0.0)  # the initial models: round 0
         protocol.start()
         engine.run()
     finally:
@@ -164,7 +169,9 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
             bar.close()
         final = recorder.rows[-1] if recorder.rows else {}
         summary = {
-            "title": f"{cfg.protocol_name}, {cfg.nodes} nodes, {topology_name}, {cfg.data.name}",
+            "title": f"{cfg.label + ': ' if cfg.label else ''}{cfg.protocol_name}, {cfg.nodes} nodes, "
+                     f"{topology_name}, {cfg.data.name}",
+            "label": cfg.label,
             "config": _plain_config(cfg),
             "final": {k: v for k, v in final.items() if k.startswith(("accuracy", "loss", "consensus"))},
             "rounds_completed": final.get("round", 0),
@@ -179,6 +186,17 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         }
         recorder.close(summary)
     return RunResult(recorder.rows, summary, engine.log)
+
+
+def layer_variances(rows: torch.Tensor, layout) -> dict[str, float]:
+    """Per weight tensor k (layer1, layer2, ...): the mean and spread over the given models of
+    the tensor's element variance (the quantity that collapses in plain gossip)."""
+    _, var = segment_moments(rows, segment_indicator(layout.sizes, rows.device))
+    out = {}
+    for k, col in enumerate([i for i, w in enumerate(layout.is_weight()) if w], start=1):
+        out[f"layer{k}_var_mean"] = float(var[:, col].mean())
+        out[f"layer{k}_var_std"] = float(var[:, col].std(unbiased=False))
+    return out
 
 
 def _plain_config(cfg: RunConfig) -> dict:

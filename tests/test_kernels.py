@@ -116,7 +116,20 @@ def test_layout_views_round_trip_and_slice_the_stack():
     stack = torch.zeros(3, lay.size)
     lay.unflatten(stack)["net.0.weight"][1] += 1  # a view: writes through to the stack
     assert stack[1].sum() == 4 * 6 and stack[0].sum() == 0
-    assert lay.segment_ids().bincount().tolist() == [b - a for a, b in zip(lay.offsets, lay.offsets[1:])]
+    assert list(lay.sizes) == [p.numel() for p in m.parameters()]
+
+
+def test_segment_moments_equal_per_tensor_statistics():
+    from kernels.variance import segment_indicator, segment_moments
+
+    m = MLP(6, 3, (4, 5))
+    lay = Layout.from_module(m)
+    stack = torch.randn(7, lay.size) * 3 + 1
+    for unbiased in (False, True):
+        mean, var = segment_moments(stack, segment_indicator(lay.sizes), unbiased=unbiased)
+        for k, name in enumerate(lay.names):
+            t = lay.unflatten(stack)[name].reshape(7, -1).double()
+            assert torch.allclose(mean[:, k], t.mean(1)) and torch.allclose(var[:, k], t.var(1, unbiased=unbiased))
 
 
 def test_module_with_buffers_is_refused():

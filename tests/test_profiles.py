@@ -56,7 +56,7 @@ def test_from_spec():
     "spec, message",
     [
         ({"kind": "uniform", "lo": 1}, "unknown distribution key.*lo; valid keys: kind, value, low, high, mean, sigma"),
-        ({"kind": "gamma"}, "unknown distribution kind 'gamma'; choose one of constant, uniform, lognormal, exponential"),
+        ({"kind": "gamma"}, "unknown distribution kind 'gamma'; choose one of constant, uniform, uniform_int, lognormal, exponential"),
         ("fast", "must be a number or a mapping"),
         (True, "must be a number or a mapping"),
     ],
@@ -86,3 +86,15 @@ def test_compute_speeds():
     for bad in (Distribution(value=0.0), Distribution(kind="uniform", low=0.0, high=10.0)):
         with pytest.raises(ValueError, match="compute speeds must be > 0"):
             compute_speeds(bad, 10, np.random.default_rng(0))
+
+
+def test_uniform_int_gives_whole_numbers_in_range_and_inf_constant_is_allowed():
+    import numpy as np
+
+    d = Distribution.from_spec({"kind": "uniform_int", "low": 8, "high": 12})
+    x = d.sample(10_000, np.random.default_rng(0))
+    assert set(np.unique(x).tolist()) == {8.0, 9.0, 10.0, 11.0, 12.0}
+    assert np.array_equal(d.quantile(np.array([0.0, 0.999999])), [8.0, 12.0])
+    assert Distribution.from_spec(float("inf")).sample(2, np.random.default_rng(0)).tolist() == [np.inf] * 2
+    with pytest.raises(ValueError):
+        Distribution(kind="uniform", low=float("inf"), high=float("inf"))

@@ -55,7 +55,7 @@ def test_fedavg_round_equals_weighted_mean_of_locally_trained_clients():
     sizes = np.bincount(owner, minlength=6)
     expect = (torch.as_tensor(sizes, dtype=torch.float64) @ fleet.params.double()) / sizes.sum()
     acc, _ = fleet.evaluate(expect.float().unsqueeze(0))
-    assert res.metrics[0]["accuracy_mean"] == pytest.approx(float(acc[0]), abs=1e-6)
+    assert res.metrics[1]["accuracy_mean"] == pytest.approx(float(acc[0]), abs=1e-6)
 
 
 def test_fedavg_fraction_and_bytes(tiny):
