@@ -95,3 +95,16 @@ def test_cuda_run_matches_cpu(tiny):
     b = tiny(["protocol=gossip", "topology=ring", "device=cuda"])
     for ra, rb in zip(a.metrics, b.metrics):
         assert ra["loss_mean"] == pytest.approx(rb["loss_mean"], abs=1e-4)
+
+
+def test_lenet_on_a_user_npz_of_28x28_images(tiny, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnist_like.npz"
+    np.savez(path, X_train=rng.integers(0, 256, (80, 28, 28), dtype=np.uint8), y_train=rng.integers(0, 10, 80),
+             X_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), y_test=rng.integers(0, 10, 20))
+    res = tiny(["nodes=4", "rounds=1", "data=npz", f"data.path={path}", "model=lenet",
+                "data.partition=dirichlet", "data.alpha=5", "protocol=vc_gossip", "topology=ring"])
+    assert res.summary["n_parameters"] == 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 5010
+    assert {"layer4_var_mean", "layer4_var_std"} <= set(res.metrics[-1])
