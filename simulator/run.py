@@ -43,6 +43,7 @@ class RunResult:
     metrics: list[dict]
     summary: dict
     event_log: list | None = None
+    final_models: torch.Tensor | None = None  # Protocol.models() at the end: [N, P] or the global [1, P]
 
     def table(self):
         """The metrics as a pandas DataFrame (pandas is optional)."""
@@ -185,7 +186,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                          "numpy": np.__version__, "networkx": nx.__version__},
         }
         recorder.close(summary)
-    return RunResult(recorder.rows, summary, engine.log)
+    return RunResult(recorder.rows, summary, engine.log, protocol.models().clone())
 
 
 def layer_variances(rows: torch.Tensor, layout) -> dict[str, float]:

@@ -1,0 +1,170 @@
+"""The relay: gossip-style protocols on Flower, which has no client-to-client channel.
+
+The ServerApp holds the scenario's topology and stands in for its links:
+
+1. discovery: every node answers `query.identify` with its partition id, which is its vertex;
+2. rounds r = 1..R: each vertex gets one `train.gossip` message carrying its neighbours' latest
+   trained models (ArrayRecords `from-<v>`; none in round 1). The node merges them into its own
+   model, kept in `context.state`, with its protocol's rule (`MERGES`), trains, and replies with
+   the trained model, which the relay forwards next round;
+3. one last merge-only message: the nodes merge round R's models and reply with the result.
+
+That is the simulator's sync gossip round (train, send, merge) with each merge moved to the
+start of the node's next message, so the final models are the simulator's. A reply that is an
+error, late (past `round-timeout`) or fails the checks in `wire` is logged and dropped: the
+relay keeps forwarding that vertex's last good, stale model.
+
+The server sees every model it forwards: this is not privacy-equivalent to peer-to-peer gossip.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from kernels import consensus_distance
+from kernels.stack import Layout
+from kernels.variance import segment_indicator, segment_moments
+from protocols import gossip, vc_gossip
+from protocols.flower.scenario import Scenario
+from protocols.flower.wire import BadReply, read_reply, to_record
+
+log = logging.getLogger("flwr.murmuration")  # a child of Flower's logger: its console, its log stream
+
+IDENTIFY = "query.identify"
+GOSSIP = "train.gossip"
+POLL_S = 0.25  # how often the relay asks for replies (Grid.send_and_receive waits 3 s between asks)
+
+
+def _gossip_merge(cfg, own: torch.Tensor, received: torch.Tensor, layout: Layout) -> torch.Tensor:
+    return gossip.merge(own, received.sum(0, keepdim=True), torch.tensor([len(received)]), cfg.beta)
+
+
+def _vc_gossip_merge(cfg, own: torch.Tensor, received: torch.Tensor, layout: Layout) -> torch.Tensor:
+    indicator = segment_indicator(layout.sizes)
+    corrected = torch.tensor([True] * layout.n_tensors if cfg.correct_biases else list(layout.is_weight()))
+    unbiased = cfg.estimator == "unbiased"
+    _, var = segment_moments(received, indicator, unbiased=unbiased)
+    return vc_gossip.vc_merge(own, received.sum(0, keepdim=True), var.sum(0, keepdim=True),
+                              torch.tensor([len(received)]), cfg.beta, indicator, corrected,
+                              eps=cfg.eps, unbiased=unbiased)
+
+
+# How a node merges the k models it received ([k, P]) into its own ([1, P]), per protocol; a
+# protocol listed here runs through the relay (its config is the scenario's `protocol` section).
+MERGES: dict[str, Callable] = {
+    "gossip": _gossip_merge,
+    "vc_gossip": _vc_gossip_merge,
+}
+
+
+@dataclass
+class RelayResult:
+    models: dict[int, torch.Tensor]                    # vertex -> final model [P]
+    metrics: list[dict] = field(default_factory=list)  # one row per message round
+
+
+class Relay:
+    def __init__(self, grid: Grid, sc: Scenario, timeout: float):
+        self.grid, self.sc, self.timeout = grid, sc, timeout
+        self.node_of: dict[int, int] = {}               # vertex -> Flower node id
+        self.latest: dict[int, torch.Tensor] = {}       # vertex -> last good trained model
+        self.t0 = time.perf_counter()
+
+    def exchange(self, msgs: list[Message]) -> list[Message]:
+        """Send the messages; the replies that arrive within the round timeout."""
+        waiting = set(self.grid.push_messages(msgs))
+        deadline = time.monotonic() + self.timeout
+        replies: list[Message] = []
+        while waiting:
+            got = list(self.grid.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
+        return replies
+
+    def discover(self, node_ids: list[int]) -> dict[int, int]:
+        """Ask every node for its partition id; returns {vertex: node id}."""
+        msgs = [Message(RecordDict(), dst_node_id=nid, message_type=IDENTIFY, ttl=self.timeout)
+                for nid in node_ids]
+        for msg in self.exchange(msgs):
+            nid = msg.metadata.src_node_id
+            try:
+                if msg.has_error():
+                    raise BadReply(f"error reply: {msg.error.reason}")
+                v = int(msg.content.config_records["identity"]["partition-id"])
+            except (BadReply, KeyError, TypeError, ValueError) as err:
+                log.warning("identify: node %d left out: %s", nid, err)
+                continue
+            if not 0 <= v < self.sc.cfg.nodes or v in self.node_of:
+                log.warning("identify: node %d left out: partition-id %d is %s", nid, v,
+                            "taken" if v in self.node_of else "outside the scenario")
+                continue
+            self.node_of[v] = nid
+        if not self.node_of:
+            raise RuntimeError("no node identified itself with a usable partition-id; see the warnings above")
+        absent = sorted(set(range(self.sc.cfg.nodes)) - set(self.node_of))
+        if absent:
+            log.warning("identify: no node for vertices %s; their neighbours gossip without them", absent)
+        return self.node_of
+
+    def round(self, r: int, merge_only: bool = False) -> dict:
+        """One message round: forward the latest models, collect and check the replies."""
+        layout = self.sc.layout
+        records = {v: to_record(row, layout) for v, row in self.latest.items()}
+        msgs = []
+        for v, nid in sorted(self.node_of.items()):
+            content = RecordDict({f"from-{u}": records[u] for u in sorted(self.sc.graph.neighbors(v))
+                                  if u in records})
+            content["config"] = ConfigRecord({"server-round": r, "merge-only": merge_only})
+            # a message expires with its round: a late node does not replay rounds that are over
+            msgs.append(Message(content, dst_node_id=nid, message_type=GOSSIP, group_id=str(r), ttl=self.timeout))
+        vertex_of = {nid: v for v, nid in self.node_of.items()}
+        good, rejected = {}, set()
+        for msg in self.exchange(msgs):
+            v = vertex_of.get(msg.metadata.src_node_id)
+            if v is None:
+                continue
+            try:
+                good[v], _ = read_reply(msg, layout)
+            except BadReply as err:
+                rejected.add(v)
+                log.warning("round %d: rejected the reply of vertex %d (node %d): %s; its stale model "
+                            "stays", r, v, self.node_of[v], err)
+        late = sorted(set(self.node_of) - set(good) - rejected)
+        if late:
+            log.warning("round %d: no reply in time from vertices %s; their stale models stay", r, late)
+        return {"good": good, "rejected": len(rejected), "missing": len(late)}
+
+    def run(self, rounds: int) -> RelayResult:
+        result = RelayResult({})
+        for r in range(1, rounds + 2):
+            merge_only = r > rounds
+            out = self.round(r, merge_only)
+            if merge_only:
+                result.models = {**self.latest, **out["good"]}
+            else:
+                self.latest.update(out["good"])
+            models = result.models if merge_only else self.latest
+            result.metrics.append(self._metrics(r, merge_only, models, out))
+        return result
+
+    def _metrics(self, r: int, merge_only: bool, models: dict, out: dict) -> dict:
+        row = {"round": r, "merge_only": merge_only, "accepted": len(out["good"]),
+               "rejected": out["rejected"], "missing": out["missing"],
+               "wall_time_s": time.perf_counter() - self.t0}
+        if models:
+            stack = torch.stack([models[v] for v in sorted(models)])
+            acc, loss = self.sc.evaluate(stack)
+            row.update(accuracy_mean=float(acc.mean()), accuracy_min=float(acc.min()),
+                       loss_mean=float(loss.mean()), consensus_distance=consensus_distance(stack))
+        log.info("relay round %d%s: %s", r, " (merge only)" if merge_only else "",
+                 {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        return row

@@ -1,0 +1,161 @@
+"""The bridge's ServerApp: the scenario's protocol on the SuperNodes of this SuperLink.
+
+`fedavg` runs under Flower's own FedAvg strategy (`ScenarioFedAvg`: every reply checked on its
+own, the survivors averaged with the simulator's rule); the protocols in `relay.MERGES` run
+through the relay. The server evaluates the models it holds on the held-out test set each round
+and, when `out-dir` is set, writes `models.npz` (the final models, one row per vertex, or the
+global model) and `summary.json` (settings and per-round metrics) there.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from protocols import fedavg
+from protocols.flower.relay import MERGES, Relay
+from protocols.flower.scenario import Scenario, load, settings
+from protocols.flower.wire import BadReply, from_record, read_reply, to_record
+from simulator.config import ConfigError, RunConfig
+
+log = logging.getLogger("flwr.murmuration")
+
+
+@dataclass
+class BridgeResult:
+    protocol: str
+    models: torch.Tensor       # [k, P]: every vertex's final model (relay) or the global model (fedavg)
+    vertices: list[int]        # the vertex of each row of `models` (fedavg: [] for the global model)
+    metrics: list[dict]        # one row per round
+
+    def save(self, out_dir: str | Path, s: Mapping[str, Any]) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "models.npz", models=self.models.numpy(),
+                 vertices=np.asarray(self.vertices, dtype=np.int64))
+        (out / "summary.json").write_text(json.dumps(
+            {"protocol": self.protocol, "settings": dict(s), "metrics": self.metrics}, indent=1))
+
+
+class ScenarioFedAvg(FedAvg):
+    """Flower's FedAvg, checking each reply on its own: an error, a missing key, a wrong shape or
+    a NaN leaves that reply out (logged) instead of failing the round; the rest are averaged by
+    `protocols.fedavg.aggregate`. A round with no usable reply keeps the global model."""
+
+    def __init__(self, sc: Scenario, **kwargs):
+        super().__init__(**kwargs)
+        self.sc = sc
+        self.sent = 0
+
+    def configure_train(self, server_round, arrays, config, grid):
+        msgs = list(super().configure_train(server_round, arrays, config, grid))
+        self.sent = len(msgs)
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord]:
+        replies = list(replies)
+        rows, weights = [], []
+        for msg in replies:
+            try:
+                row, w = read_reply(msg, self.sc.layout, self.arrayrecord_key, self.weighted_by_key)
+            except BadReply as err:
+                log.warning("round %d: rejected the reply of node %d: %s", server_round,
+                            msg.metadata.src_node_id, err)
+                continue
+            rows.append(row)
+            weights.append(w)
+        metrics = MetricRecord({"accepted": len(rows), "rejected": len(replies) - len(rows),
+                                "missing": self.sent - len(replies)})
+        if not rows:
+            log.warning("round %d: no usable reply; the global model stays", server_round)
+            return None, metrics
+        model = fedavg.aggregate(torch.stack(rows).double(), torch.tensor(weights, dtype=torch.float64))
+        return to_record(model.float(), self.sc.layout), metrics
+
+
+def check_bridged(cfg: RunConfig) -> None:
+    """Refuse scenarios the bridge would run differently from the simulator."""
+    name = cfg.protocol_name
+    if name != "fedavg" and name not in MERGES:
+        raise ConfigError(f"protocol={name} has no Flower bridge yet; bridged: fedavg, {', '.join(MERGES)}")
+    if getattr(cfg.protocol, "mode", "sync") != "sync":
+        raise ConfigError("the bridge runs gossip in synchronous rounds; use protocol.mode=sync")
+    if getattr(cfg.protocol, "deadline", None) is not None:
+        log.warning("protocol.deadline is simulated time and is ignored; the bridge waits "
+                    "round-timeout wall seconds for replies")
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    """The connected node ids, once n are connected or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while len(ids := sorted(grid.get_node_ids())) < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not ids:
+        raise RuntimeError(f"no SuperNode connected within {timeout:g} s")
+    if len(ids) < n:
+        log.warning("%d of the scenario's %d nodes connected within %g s; going on without the rest",
+                    len(ids), n, timeout)
+    return ids
+
+
+def serve(grid: Grid, s: Mapping[str, Any]) -> BridgeResult:
+    """Run the scenario named by settings `s` (see scenario.SETTINGS) on the grid's nodes."""
+    sc = load(s["overrides"])
+    cfg = sc.cfg
+    check_bridged(cfg)
+    node_ids = wait_for_nodes(grid, cfg.nodes, float(s["connect-timeout"]))
+    timeout = float(s["round-timeout"])
+    if cfg.protocol_name in MERGES:
+        relay = Relay(grid, sc, timeout)
+        relay.discover(node_ids)
+        res = relay.run(cfg.rounds)
+        vertices = sorted(res.models)
+        models = torch.stack([res.models[v] for v in vertices]) if vertices else torch.empty(0, sc.layout.size)
+        return BridgeResult(cfg.protocol_name, models, vertices, res.metrics)
+    return _fedavg(grid, sc, node_ids, timeout)
+
+
+def _fedavg(grid: Grid, sc: Scenario, node_ids: list[int], timeout: float) -> BridgeResult:
+    cfg, t0 = sc.cfg, time.perf_counter()
+    k = min(len(node_ids), max(1, round(cfg.protocol.fraction * cfg.nodes)))  # as the simulator's sample
+    strategy = ScenarioFedAvg(sc, fraction_train=cfg.protocol.fraction, fraction_evaluate=0.0,
+                              min_train_nodes=k, min_available_nodes=len(node_ids))
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        acc, loss = sc.evaluate(from_record(arrays, sc.layout).view(1, -1))
+        return MetricRecord({"accuracy_mean": float(acc[0]), "loss_mean": float(loss[0]),
+                             "wall_time_s": time.perf_counter() - t0})
+
+    initial = to_record(sc.initial_row(0), sc.layout)
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
+                            timeout=timeout, evaluate_fn=evaluate)
+    final = result.arrays if len(result.arrays) else initial
+    metrics = [{"round": r, **dict(result.train_metrics_clientapp.get(r, {})),
+                **dict(result.evaluate_metrics_serverapp[r])} for r in range(1, cfg.rounds + 1)]
+    return BridgeResult("fedavg", from_record(final, sc.layout).view(1, -1), [], metrics)
+
+
+def server_app(fixed: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp; `fixed` settings win over the run config (run_simulation passes none)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        s = settings(context.run_config, fixed)
+        result = serve(grid, s)
+        if s["out-dir"]:
+            result.save(s["out-dir"], s)
+
+    return app
+
+
+app = server_app()

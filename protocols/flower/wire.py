@@ -1,0 +1,70 @@
+"""How a model travels: a [P] row as an ArrayRecord of named tensors, and the checks every
+model that arrives must pass before it is used."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message
+
+from kernels import Layout
+
+
+class BadReply(ValueError):
+    """A reply (or forwarded model) that must not be used; the message says why, in one line."""
+
+
+def to_record(row: torch.Tensor, layout: Layout) -> ArrayRecord:
+    """One model row as an ArrayRecord keyed by parameter name (a torch state_dict's keys)."""
+    views = layout.unflatten(row.detach().to("cpu", torch.float32))
+    return ArrayRecord({name: Array(np.ascontiguousarray(v.numpy())) for name, v in views.items()})
+
+
+def from_record(record: ArrayRecord, layout: Layout) -> torch.Tensor:
+    """The [P] float32 row in `record`, keyed by parameter name, or by position ("0", "1", ...,
+    what `ArrayRecord(list_of_ndarrays)` gives) in the layout's order. Raises BadReply on other
+    keys, a wrong shape or a value that is NaN or infinite."""
+    keys = list(record.keys())
+    if set(keys) == set(layout.names):
+        arrays = [record[name] for name in layout.names]
+    elif keys == [str(i) for i in range(layout.n_tensors)]:
+        arrays = [record[k] for k in keys]
+    else:
+        raise BadReply(f"arrays {keys} do not match the model's tensors {list(layout.names)}")
+    parts = []
+    for name, shape, array in zip(layout.names, layout.shapes, arrays):
+        try:
+            a = array.numpy()
+        except Exception as err:  # a corrupt payload: whatever numpy raised, it is unusable
+            raise BadReply(f"{name} cannot be read: {err}") from None
+        if tuple(a.shape) != shape:
+            raise BadReply(f"{name} has shape {tuple(a.shape)}, the model needs {shape}")
+        if not np.issubdtype(a.dtype, np.number):
+            raise BadReply(f"{name} has dtype {a.dtype}, the model needs numbers")
+        parts.append(torch.as_tensor(a.astype(np.float32, copy=False)).reshape(-1))
+    row = torch.cat(parts)
+    if not bool(torch.isfinite(row).all()):
+        raise BadReply(f"{int((~torch.isfinite(row)).sum())} parameters are NaN or infinite")
+    return row
+
+
+def read_reply(msg: Message, layout: Layout, arrays_key: str = "arrays",
+               weight_key: str | None = None) -> tuple[torch.Tensor, float | None]:
+    """(model row, weight) of a training reply; the weight is the MetricRecord value under
+    `weight_key` (e.g. "num-examples"), None when no key is asked for. Raises BadReply."""
+    if msg.has_error():
+        raise BadReply(f"error reply: {msg.error.reason}")
+    if not msg.has_content():
+        raise BadReply("empty reply")
+    content = msg.content
+    if arrays_key not in content.array_records:
+        raise BadReply(f"no ArrayRecord {arrays_key!r} (has {sorted(content.keys())})")
+    row = from_record(content.array_records[arrays_key], layout)
+    if weight_key is None:
+        return row, None
+    found = [m[weight_key] for m in content.metric_records.values() if weight_key in m]
+    if len(found) != 1:
+        raise BadReply(f"needs one MetricRecord with {weight_key!r}, found {len(found)}")
+    w = found[0]
+    if isinstance(w, list) or not np.isfinite(w) or w <= 0:
+        raise BadReply(f"{weight_key} must be a number > 0, got {w!r}")
+    return row, float(w)

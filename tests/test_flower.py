@@ -1,0 +1,226 @@
+"""The Flower bridge: same final models as the simulator, interop with plain Flower both ways,
+bad or missing replies survived, and a real SuperLink + SuperNodes run on loopback."""
+import math
+import os
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")  # the flower extra: pip install -e ".[flower]" (CI installs it)
+
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+
+from flower_grid import LocalGrid
+from protocols import PROTOCOLS
+from protocols.flower.client import client_app
+from protocols.flower.launch import LocalFleet, free_port
+from protocols.flower.scenario import SETTINGS, load, settings
+from protocols.flower.server import check_bridged, serve
+from protocols.flower.wire import BadReply, from_record, to_record
+from simulator import ConfigError, run
+
+# deterministic: 4 nodes, digits, full participation, constant speed, fixed local steps
+SCENARIO = ["nodes=4", "rounds=3", "topology=ring", "train.local_epochs=null", "train.local_steps=2",
+            "speed=1000", "train.momentum=0.5"]
+
+
+def simulate(overrides):
+    """The simulator's final models (Protocol.models()) and metrics for these overrides."""
+    res = run(overrides=[*overrides, "sim.progress=false"])
+    return res.final_models, res.metrics
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return {p: simulate([*SCENARIO, f"protocol={p}"]) for p in ("fedavg", "gossip", "vc_gossip")}
+
+
+def bridge(overrides, faults=None, app=None):
+    s = settings({}, {"overrides": " ".join(overrides), "connect-timeout": 1.0, "round-timeout": 0.5})
+    grid = LocalGrid(app or client_app(), load(s["overrides"]).cfg.nodes, faults=faults, run_config=s)
+    return serve(grid, s), grid
+
+
+def layout():
+    return load(" ".join(SCENARIO)).layout
+
+
+def round_of(msg):
+    config = msg.content.config_records.get("config")  # None: an identify message
+    return config["server-round"] if config else None
+
+
+@pytest.mark.parametrize("protocol", ["fedavg", "gossip", "vc_gossip"])
+def test_bridge_gives_the_simulators_final_models(simulated, protocol):
+    ref, ref_metrics = simulated[protocol]
+    res, grid = bridge([*SCENARIO, f"protocol={protocol}"])
+    assert res.models.shape == ref.shape
+    torch.testing.assert_close(res.models, ref, atol=1e-5, rtol=0)
+    assert res.metrics[-1]["accuracy_mean"] == pytest.approx(ref_metrics[-1]["accuracy_mean"], abs=1e-6)
+    sc = load(" ".join([*SCENARIO, f"protocol={protocol}"]))
+    assert (res.models - sc.initial_row(0)).abs().max() > 0.05  # it trained
+    if protocol != "fedavg":
+        assert res.vertices == [0, 1, 2, 3]
+        types = [m.metadata.message_type for m in grid.sent]
+        assert types == ["query.identify"] * 4 + ["train.gossip"] * 16
+        to_v0 = [m for m in grid.sent[4:] if grid.pid[m.metadata.dst_node_id] == 0]
+        # round 1 has nothing to forward; then vertex 0 of the ring hears from 1 and 3
+        assert [sorted(m.content.array_records) for m in to_v0] == [[]] + [["from-1", "from-3"]] * 3
+        assert [m.content.config_records["config"]["merge-only"] for m in to_v0] == [False] * 3 + [True]
+
+
+def test_our_clientapp_trains_under_flowers_own_fedavg(simulated):
+    overrides = " ".join([*SCENARIO, "protocol=fedavg"])
+    sc = load(overrides)
+    grid = LocalGrid(client_app(), 4, run_config={"overrides": overrides})
+    result = FedAvg(min_available_nodes=4).start(grid=grid, initial_arrays=to_record(sc.initial_row(0), sc.layout),
+                                                 num_rounds=3)
+    # Flower's own weighted mean of our replies is the simulator's FedAvg
+    torch.testing.assert_close(from_record(result.arrays, sc.layout), simulated["fedavg"][0][0], atol=1e-5, rtol=0)
+    assert result.evaluate_metrics_clientapp[3]["accuracy"] > 0.2  # our evaluate answered too
+
+
+def plain_flower_client() -> ClientApp:
+    """A ClientApp written the Flower way, knowing nothing of murmuration: it returns the model it
+    got plus its partition id, weighted by partition id + 1 (torch or numpy style records)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        pid = int(context.node_config["partition-id"])
+        arrays = msg.content["arrays"]
+        if pid % 2:
+            record = ArrayRecord([a + pid for a in arrays.to_numpy_ndarrays()])
+        else:
+            record = ArrayRecord({k: v + pid for k, v in arrays.to_torch_state_dict().items()})
+        return Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": pid + 1})}),
+                       reply_to=msg)
+
+    return app
+
+
+def test_plain_flower_clientapp_works_under_our_fedavg():
+    overrides = [*SCENARIO, "protocol=fedavg", "rounds=2"]
+    res, _ = bridge(overrides, app=plain_flower_client())
+    shift = sum(p * (p + 1) for p in range(4)) / sum(p + 1 for p in range(4))  # 2.0 per round
+    expected = load(" ".join(overrides)).initial_row(0) + 2 * shift
+    torch.testing.assert_close(res.models[0], expected, atol=1e-5, rtol=0)
+    assert [m["accepted"] for m in res.metrics] == [4, 4]
+
+
+def corrupt(kind):
+    """A fault that breaks the node's round-2 reply in one way."""
+    def fault(msg, reply):
+        if round_of(msg) != 2:
+            return reply
+        if kind == "timeout":
+            return None
+        if kind == "crash":
+            raise RuntimeError("the device rebooted")
+        arrays = reply.content.array_records["arrays"]
+        first = next(iter(arrays))
+        if kind == "missing":
+            del reply.content["arrays"]
+        elif kind == "shape":
+            arrays[first] = Array(np.zeros((3, 3), np.float32))
+        elif kind == "nan":
+            a = arrays[first].numpy().copy()
+            a.flat[0] = math.nan
+            arrays[first] = Array(a)
+        return reply
+    return fault
+
+
+def test_fedavg_leaves_out_bad_replies_and_keeps_going(caplog):
+    replies = {}
+
+    def keep(msg, reply):
+        replies[round_of(msg)] = from_record(reply.content["arrays"], layout())
+        return reply
+
+    faults = {0: keep, 1: corrupt("shape"), 2: corrupt("nan"), 3: corrupt("missing")}
+    res, grid = bridge([*SCENARIO, "protocol=fedavg"], faults)
+    assert [(m["accepted"], m["rejected"]) for m in res.metrics] == [(4, 0), (1, 3), (4, 0)]
+    # round 2's global model is node 0's reply alone: what round 3 sends out
+    round3 = [m for m in grid.sent if round_of(m) == 3]
+    torch.testing.assert_close(from_record(round3[0].content["arrays"], layout()), replies[2])
+    assert torch.isfinite(res.models).all()
+    log = caplog.text
+    assert "has shape (3, 3)" in log and "NaN or infinite" in log and "no ArrayRecord 'arrays'" in log
+
+
+def test_gossip_relay_keeps_stale_models_of_failed_nodes(caplog):
+    trained = {}
+
+    def record(v, inner=None):
+        def fault(msg, reply):
+            if round_of(msg) == 1:
+                trained[v] = from_record(reply.content["arrays"], layout())
+            return inner(msg, reply) if inner else reply
+        return fault
+
+    faults = {0: record(0), 1: record(1, corrupt("timeout")), 2: record(2, corrupt("crash")),
+              3: record(3, corrupt("shape"))}
+    res, grid = bridge([*SCENARIO, "protocol=gossip"], faults)
+    assert [(m["accepted"], m["rejected"], m["missing"]) for m in res.metrics] == \
+        [(4, 0, 0), (1, 2, 1), (4, 0, 0), (4, 0, 0)]
+    # round 3 forwards vertex 0 the round-1 (stale) models of its failed neighbours 1 and 3
+    to_v0 = next(m for m in grid.sent if round_of(m) == 3 and grid.pid[m.metadata.dst_node_id] == 0)
+    for v in (1, 3):
+        torch.testing.assert_close(from_record(to_v0.content[f"from-{v}"], layout()), trained[v])
+    assert torch.isfinite(res.models).all() and res.vertices == [0, 1, 2, 3]
+    assert "the device rebooted" in caplog.text and "no reply in time from vertices [1]" in caplog.text
+
+
+def test_received_models_are_checked():
+    lay = layout()
+    row = torch.arange(lay.size, dtype=torch.float32)
+    torch.testing.assert_close(from_record(to_record(row, lay), lay), row)
+    positional = ArrayRecord([a.numpy() for a in to_record(row, lay).values()])
+    torch.testing.assert_close(from_record(positional, lay), row)  # ArrayRecord(list) keys
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(BadReply, match="NaN or infinite"):
+            from_record(to_record(torch.full_like(row, bad), lay), lay)
+    with pytest.raises(BadReply, match="do not match"):
+        from_record(ArrayRecord([np.zeros(3, np.float32)]), lay)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("protocol.mode=async", "synchronous rounds"),
+])
+def test_scenarios_the_bridge_would_change_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_bridged(load(" ".join([*SCENARIO, "protocol=gossip", override])).cfg)
+
+
+def test_run_config_defaults_match_pyproject():
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    app = pyproject["tool"]["flwr"]["app"]
+    assert app["config"] == SETTINGS
+    assert app["components"] == {"serverapp": "protocols.flower.server:app",
+                                 "clientapp": "protocols.flower.client:app"}
+
+
+def test_real_deployment_on_loopback(tmp_path):
+    """flower-superlink + 3 flower-supernode processes: gossip on a ring, then FedAvg, two rounds
+    each; both finish with the simulator's final models, and no process is left running."""
+    gossip = ["protocol=gossip", "topology=ring", "rounds=2", "train.local_epochs=null", "train.local_steps=2"]
+    fedavg = ["protocol=fedavg", "rounds=2", "train.local_epochs=null", "train.local_steps=2"]
+    with LocalFleet(3, tmp_path, port=free_port(), node_port=free_port()) as fleet:
+        pids = fleet.pids
+        runs = [fleet.run(ov, timeout=240, round_timeout=120) for ov in (gossip, fedavg)]
+    for overrides, outcome in zip((gossip, fedavg), runs):
+        assert outcome.completed, outcome.log[-3000:]
+        saved = np.load(outcome.out_dir / "models.npz")
+        ref, _ = simulate(["nodes=3", *overrides])
+        np.testing.assert_allclose(saved["models"], ref.numpy(), atol=1e-5, rtol=0)
+        assert all(m["accepted"] == 3 for m in outcome.summary()["metrics"])
+    assert len(pids) == 4
+    for pid in pids:  # every started process, and everything in its process group, is gone
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
