@@ -48,6 +48,13 @@ class TrainConfig:
         return SGDConfig(self.lr, self.momentum, self.weight_decay)
 
 
+def local_steps(train: TrainConfig, sizes: np.ndarray) -> np.ndarray:
+    """SGD steps per activation for nodes holding `sizes` samples."""
+    if train.local_epochs is None:
+        return np.full(len(sizes), train.local_steps, dtype=np.int64)
+    return np.ceil(train.local_epochs * np.asarray(sizes) / train.batch_size).astype(np.int64)
+
+
 class Fleet:
     def __init__(self, module: nn.Module, X_train: np.ndarray, y_train: np.ndarray,
                  owner: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, speeds: np.ndarray,
@@ -74,10 +81,7 @@ class Fleet:
         self.speeds = np.asarray(speeds, dtype=np.float64)
         self.step_counter = torch.zeros(n, dtype=torch.long, device=self.device)
         self.last_loss = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
-        if train.local_epochs is None:
-            self.steps_np = np.full(n, train.local_steps, dtype=np.int64)
-        else:
-            self.steps_np = np.ceil(train.local_epochs * self.sizes_np / train.batch_size).astype(np.int64)
+        self.steps_np = local_steps(train, self.sizes_np)
         self._sample_seed = derive_seed(seed, "minibatch")
 
     @property

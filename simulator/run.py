@@ -80,6 +80,15 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
     return LeNet(data.image_shape, data.n_classes)
 
 
+def load_partitioned(cfg: RunConfig) -> tuple[Dataset, np.ndarray]:
+    """The run's dataset and owner[k], the node holding training sample k."""
+    data = load_dataset(cfg.data.name, seed=cfg.seed, **cfg.data.options)
+    d = cfg.data
+    owner = partition(data.y_train, cfg.nodes, d.partition, _rng(cfg.seed, "partition"),
+                      alpha=d.alpha, classes_per_node=d.classes_per_node, exponent=d.exponent)
+    return data, owner
+
+
 def build_graph_for(cfg: RunConfig, graph: nx.Graph | None) -> nx.Graph:
     t = cfg.topology
     if graph is None:
@@ -104,10 +113,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         raise ConfigError(f"device={cfg.device} but no CUDA GPU is available; use device=cpu")
     torch.manual_seed(derive_seed(cfg.seed, "torch"))
 
-    data = load_dataset(cfg.data.name, seed=cfg.seed, **cfg.data.options)
-    d = cfg.data
-    owner = partition(data.y_train, cfg.nodes, d.partition, _rng(cfg.seed, "partition"),
-                      alpha=d.alpha, classes_per_node=d.classes_per_node, exponent=d.exponent)
+    data, owner = load_partitioned(cfg)
     speeds = compute_speeds(cfg.speed, cfg.nodes, _rng(cfg.seed, "speed"))
     proto_cls, _ = PROTOCOLS[cfg.protocol_name]
     # star protocols (FedAvg) talk to a server outside the graph: build none unless given

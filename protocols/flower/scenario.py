@@ -17,13 +17,13 @@ import networkx as nx
 import numpy as np
 import torch
 
-from clients.datasets import Dataset, load_dataset
-from clients.partition import partition
+from clients.datasets import Dataset
+from clients.fleet import local_steps
 from kernels import BatchedModel, init_stack, local_sgd
 from kernels.random import derive_seed
 from protocols import PROTOCOLS
 from simulator.config import ConfigError, RunConfig
-from simulator.run import build_graph_for, build_model, compose
+from simulator.run import build_graph_for, build_model, compose, load_partitioned
 
 # The bridge's run config; pyproject's [tool.flwr.app.config] lists the same keys and defaults
 # (`flwr run` only accepts overrides of keys listed there; run_simulation passes none).
@@ -89,8 +89,7 @@ class Scenario:
 
     def steps(self, n_samples: int) -> int:
         """Local SGD steps per activation for a node holding n_samples (as the Fleet counts)."""
-        t = self.cfg.train
-        return t.local_steps if t.local_epochs is None else int(np.ceil(t.local_epochs * n_samples / t.batch_size))
+        return int(local_steps(self.cfg.train, np.array([n_samples]))[0])
 
     def initial_row(self, pid: int) -> torch.Tensor:
         """Node pid's initial model [P] (row pid of the simulator's stack; row 0 when shared)."""
@@ -126,10 +125,6 @@ def load(overrides: str) -> Scenario:
     """The scenario for one overrides string (cached: a process handles many messages)."""
     cfg = RunConfig.from_mapping(compose(shlex.split(overrides)))
     torch.manual_seed(derive_seed(cfg.seed, "torch"))  # as simulator.run, before the template is built
-    data = load_dataset(cfg.data.name, seed=cfg.seed, **cfg.data.options)
-    d = cfg.data
-    rng = np.random.default_rng(derive_seed(cfg.seed, "partition"))
-    owner = partition(data.y_train, cfg.nodes, d.partition, rng, alpha=d.alpha,
-                      classes_per_node=d.classes_per_node, exponent=d.exponent)
+    data, owner = load_partitioned(cfg)
     graph = build_graph_for(cfg, None) if PROTOCOLS[cfg.protocol_name][0].uses_graph else None
     return Scenario(overrides, cfg, data, owner, BatchedModel(build_model(cfg, data)), graph)
