@@ -6,7 +6,6 @@ ids and act on all of them in one kernel call.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

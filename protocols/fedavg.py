@@ -10,6 +10,7 @@ import torch
 from kernels import weighted_mean
 from kernels.random import derive_seed
 from protocols.base import Protocol
+from topologies import link_delay
 
 
 def aggregate(rows: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ class FedAvg(Protocol):
         return {"clients_dropped": float(self.dropped)}
 
     def _delay(self, nodes):
-        return self.ctx.server_latency[nodes] + self.fleet.model_bytes / self.ctx.server_bandwidth[nodes]
+        return link_delay(self.ctx.server_latency[nodes], self.ctx.server_bandwidth[nodes], self.fleet.model_bytes)
 
     def _round_start(self, t, nodes, payload):
         self.round += 1

@@ -19,6 +19,7 @@ from clients.profiles import Distribution
 from kernels import gossip_merge, sum_rows_into
 from kernels.random import counter_uniform, derive_seed
 from protocols.base import Protocol
+from topologies import link_delay
 
 
 def merge(own: torch.Tensor, received_sum: torch.Tensor, received_count: torch.Tensor,
@@ -167,7 +168,7 @@ class Gossip(Protocol):
         # advanced indexing copies: the snapshot keeps the models as sent
         rows = self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)]
         snap = self.mailbox.post(self.outgoing(rows), total)
-        delay = self.edges["latency"][e] + self.fleet.model_bytes / self.edges["bandwidth"][e]
+        delay = link_delay(self.edges["latency"][e], self.edges["bandwidth"][e], self.fleet.model_bytes)
         self.bytes_sent += total * self.fleet.model_bytes
         self.engine.schedule("deliver", t + delay, self.edges["dst"][e], key=self.edges["src"][e],
                              snap=snap, row=np.repeat(np.arange(len(nodes)), deg))

@@ -13,7 +13,6 @@ large waves.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -116,10 +115,3 @@ class Engine:
             if self._stop.triggered:
                 break
         self._instants.discard(t)
-        if self._stop.triggered:
-            return
-
-
-def link_delay(latency: np.ndarray, bandwidth: np.ndarray, n_bytes: float) -> np.ndarray:
-    """Seconds for a message to cross a link: latency + bytes / bandwidth."""
-    return latency + n_bytes / bandwidth

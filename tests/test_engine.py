@@ -1,6 +1,5 @@
 """The engine: waves by instant and kind, priorities, batching on/off, link delays."""
 import networkx as nx
-import numpy as np
 import pytest
 
 from simulator.engine import Engine

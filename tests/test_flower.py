@@ -16,7 +16,6 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 from flower_grid import LocalGrid
-from protocols import PROTOCOLS
 from protocols.flower.client import client_app
 from protocols.flower.launch import LocalFleet, free_port
 from protocols.flower.scenario import SETTINGS, load, settings

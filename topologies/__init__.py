@@ -7,6 +7,7 @@ from topologies.graphs import (
     build_graph,
     check_graph,
     edge_arrays,
+    link_delay,
 )
 
-__all__ = ["TOPOLOGIES", "TopologyError", "attach_links", "build_graph", "check_graph", "edge_arrays"]
+__all__ = ["TOPOLOGIES", "TopologyError", "attach_links", "build_graph", "check_graph", "edge_arrays", "link_delay"]

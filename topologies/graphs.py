@@ -277,3 +277,8 @@ def edge_arrays(G: nx.Graph) -> dict[str, np.ndarray]:
         "degree": degree,
         "offsets": offsets,
     }
+
+
+def link_delay(latency, bandwidth, n_bytes: float):
+    """Seconds for a message of n_bytes to cross links: latency + bytes / bandwidth."""
+    return latency + n_bytes / bandwidth
