@@ -41,10 +41,3 @@ def counter_uniform(seed: int, *counters: torch.Tensor) -> torch.Tensor:
     for c in counters:
         x = mix64(x + _GOLDEN + c.to(torch.int64))
     return _shr(x, 11).to(torch.float64) * (1.0 / (1 << 53))
-
-
-def counter_normal(seed: int, *counters: torch.Tensor) -> torch.Tensor:
-    """float64 standard normals (Box-Muller on two independent counter streams)."""
-    u1 = counter_uniform(seed, *counters, torch.tensor(0))
-    u2 = counter_uniform(seed, *counters, torch.tensor(1))
-    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * torch.pi * u2)

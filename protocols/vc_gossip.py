@@ -32,6 +32,12 @@ def vc_merge(own: torch.Tensor, received_sum: torch.Tensor, received_var_sum: to
     return variance_correct(merged, target, indicator, corrected, eps=eps, unbiased=unbiased)
 
 
+def corrected_tensors(layout, correct_biases: bool, device=None) -> torch.Tensor:
+    """[L] bool: which tensors the correction rescales (weights only, or all of them)."""
+    return torch.tensor([True] * layout.n_tensors if correct_biases else list(layout.is_weight()),
+                        device=device)
+
+
 @dataclass(frozen=True)
 class VCGossipConfig(GossipConfig):
     correct_biases: bool = False  # the paper-era code corrects weights only
@@ -55,8 +61,7 @@ class VCGossip(Gossip):
         lay = self.fleet.layout
         dev = self.fleet.device
         self.indicator = segment_indicator(lay.sizes, dev)
-        self.corrected = torch.tensor([True] * lay.n_tensors if self.cfg.correct_biases
-                                      else list(lay.is_weight()), device=dev)
+        self.corrected = corrected_tensors(lay, self.cfg.correct_biases, dev)
         self.unbiased = self.cfg.estimator == "unbiased"
         self.extra_columns = lay.n_tensors
         super().bind()

@@ -7,9 +7,6 @@ import json
 import math
 from pathlib import Path
 
-COLUMNS = ["round", "sim_time_s", "wall_time_s", "accuracy_mean", "accuracy_std", "accuracy_min",
-           "accuracy_max", "loss_mean", "consensus_distance", "bytes_sent", "train_loss"]
-
 
 class Recorder:
     def __init__(self, out_dir: str | Path | None):

@@ -179,7 +179,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
             "title": f"{cfg.label + ': ' if cfg.label else ''}{cfg.protocol_name}, {cfg.nodes} nodes, "
                      f"{topology_name}, {cfg.data.name}",
             "label": cfg.label,
-            "config": _plain_config(cfg),
+            "config": asdict(cfg),
             "final": {k: v for k, v in final.items() if k.startswith(("accuracy", "loss", "consensus"))},
             "rounds_completed": final.get("round", 0),
             "sim_time_s": engine.now,
@@ -203,11 +203,6 @@ def layer_variances(rows: torch.Tensor, layout) -> dict[str, float]:
     for k, col in enumerate([i for i, w in enumerate(layout.is_weight()) if w], start=1):
         out[f"layer{k}_var_mean"] = float(var[:, col].mean())
         out[f"layer{k}_var_std"] = float(var[:, col].std(unbiased=False))
-    return out
-
-
-def _plain_config(cfg: RunConfig) -> dict:
-    out = asdict(cfg)
     return out
 
 

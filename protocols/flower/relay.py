@@ -47,7 +47,7 @@ def _gossip_merge(cfg, own: torch.Tensor, received: torch.Tensor, layout: Layout
 
 def _vc_gossip_merge(cfg, own: torch.Tensor, received: torch.Tensor, layout: Layout) -> torch.Tensor:
     indicator = segment_indicator(layout.sizes)
-    corrected = torch.tensor([True] * layout.n_tensors if cfg.correct_biases else list(layout.is_weight()))
+    corrected = vc_gossip.corrected_tensors(layout, cfg.correct_biases)
     unbiased = cfg.estimator == "unbiased"
     _, var = segment_moments(received, indicator, unbiased=unbiased)
     return vc_gossip.vc_merge(own, received.sum(0, keepdim=True), var.sum(0, keepdim=True),
