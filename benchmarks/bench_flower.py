@@ -6,7 +6,7 @@
 
 Engines: `simulator` (`simulator.run`, one process), `ray` (Flower's Ray simulation,
 `flwr.simulation.run_simulation`, each protocol in its own child process), `deployment`
-(`protocols.flower.launch.LocalFleet`: a SuperLink and 10 SuperNodes on loopback, `flwr run`).
+(`bridge.launch.LocalFleet`: a SuperLink and 10 SuperNodes on loopback, `flwr run`).
 Per round: the median time between consecutive round ends (the first round, which also pays
 for start-up and discovery, and the relay's final merge-only message are not counted).
 Needs the flower extra (pip install -e ".[flower]").
@@ -78,8 +78,8 @@ def ray(overrides: list[str], nodes: int, timeout: float) -> dict:
 def ray_child(spec: str) -> None:
     from flwr.simulation import run_simulation
 
-    from protocols.flower.client import client_app
-    from protocols.flower.server import server_app
+    from bridge.client import client_app
+    from bridge.server import server_app
 
     spec = json.loads(spec)
     fixed = {"overrides": " ".join(spec["overrides"]), "out-dir": spec["out"]}
@@ -112,7 +112,7 @@ def main() -> None:
                 fig = simulator(base + ov) if name == "simulator" else ray(base + ov, args.nodes, args.timeout)
                 results.append((name, proto, fig))
     if "deployment" in engines:
-        from protocols.flower.launch import LocalFleet, free_port
+        from bridge.launch import LocalFleet, free_port
 
         with tempfile.TemporaryDirectory() as work:
             t0 = time.perf_counter()

@@ -1,7 +1,9 @@
-"""Datasets for simulated clients: bundled digits, generated tabular data, or a user npz file.
+"""Datasets for simulated clients: bundled digits, generated tabular or multi-label data, or a
+user npz file.
 
-Every loader returns a `Dataset` with flattened float32 features and int64 labels, so the
-rest of the simulator never cares where the data came from. Nothing here touches the network.
+Every loader returns a `Dataset` with flattened float32 features and labels that name the task:
+int64 class ids [M] (multiclass) or a 0/1 matrix [M, L] (multilabel), so the rest of the
+simulator never cares where the data came from. Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class Dataset:
     """A train/test split.
 
     X_* are float32 [samples, features] (images are flattened; `image_shape` says how to
-    unflatten one row). y_* are int64 labels in 0..n_classes-1.
+    unflatten one row). y_* are int64 labels in 0..n_classes-1 [samples], or, for a multi-label
+    dataset, uint8 0/1 indicators [samples, n_classes] (n_classes is then the number of labels).
     """
 
     name: str
@@ -37,6 +40,11 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return int(self.X_train.shape[1])
+
+    @property
+    def task(self) -> str:
+        """The task these labels call for: multiclass or multilabel (kernels.tasks)."""
+        return "multilabel" if self.y_train.ndim == 2 else "multiclass"
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -128,12 +136,47 @@ def load_synthetic(
     return Dataset("synthetic", X_tr, y[n_test:], X_te, y[:n_test], n_classes=n_classes, image_shape=None)
 
 
+def load_synthetic_multilabel(
+    n_samples: int = 2000,
+    n_features: int = 32,
+    n_labels: int = 8,
+    mean_labels: int = 2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """scikit-learn's `make_multilabel_classification`: each sample draws about `mean_labels`
+    of `n_labels` labels and word-count features from them; features standardized, float32."""
+    from sklearn.datasets import make_multilabel_classification
+
+    if n_labels < 2:
+        raise DataError(f"n_labels must be at least 2, got {n_labels}")
+    if n_features < 1:
+        raise DataError(f"n_features must be at least 1, got {n_features}")
+    if not 1 <= mean_labels <= n_labels:
+        raise DataError(f"mean_labels must be an integer in 1..n_labels={n_labels}, got {mean_labels}")
+    _check_fraction(test_fraction)
+    n_test = max(1, round(n_samples * test_fraction))
+    if n_samples < 2 or n_test >= n_samples:
+        raise DataError(f"n_samples={n_samples} with test_fraction={test_fraction} leaves no training samples")
+    X, Y = make_multilabel_classification(n_samples=n_samples, n_features=n_features, n_classes=n_labels,
+                                          n_labels=mean_labels, allow_unlabeled=True, random_state=seed)
+    train = X[n_test:]
+    X = ((X - train.mean(0)) / np.maximum(train.std(0), 1e-12)).astype(np.float32)
+    Y = Y.astype(np.uint8)
+    return Dataset("synthetic_multilabel", X[n_test:], Y[n_test:], X[:n_test], Y[:n_test], n_classes=n_labels,
+                   image_shape=None)
+
+
 _NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
 
 
 def _npz_labels(y: np.ndarray, key: str, path: str) -> np.ndarray:
+    if y.ndim == 2:  # multi-label: one 0/1 column per label
+        if y.size and not np.isin(y, (0, 1)).all():
+            raise DataError(f"{key} in {path} is 2-D, so it must hold 0/1 label indicators; found other values")
+        return y.astype(np.uint8)
     if y.ndim != 1:
-        raise DataError(f"{key} in {path} must be 1-D, got shape {y.shape}; store one integer label per sample")
+        raise DataError(f"{key} in {path} must be 1-D class ids or a 2-D 0/1 label matrix, got shape {y.shape}")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
         if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
             raise DataError(f"{key} in {path} must hold integer labels, got dtype {y.dtype}; map classes to 0..K-1")
@@ -176,6 +219,9 @@ def load_npz(path: str) -> Dataset:
 
     y_tr = _npz_labels(y_tr, "y_train", path)
     y_te = _npz_labels(y_te, "y_test", path)
+    if y_tr.ndim != y_te.ndim or y_tr.shape[1:] != y_te.shape[1:]:
+        raise DataError(f"y_train has shape {y_tr.shape} but y_test {y_te.shape} in {path}; "
+                        "use class ids in both or label matrices with the same columns in both")
 
     sample_shape = X_tr.shape[1:]
     image_shape = None
@@ -197,13 +243,14 @@ def load_npz(path: str) -> Dataset:
             X *= np.float32(scale)
         return X
 
-    n_classes = int(max(y_tr.max(), y_te.max(initial=0))) + 1
+    n_classes = y_tr.shape[1] if y_tr.ndim == 2 else int(max(y_tr.max(), y_te.max(initial=0))) + 1
     name = os.path.splitext(os.path.basename(path))[0]
     return Dataset(name, flat(X_tr), y_tr, flat(X_te), y_te, n_classes=n_classes, image_shape=image_shape)
 
 
-DATASETS = ("digits", "synthetic", "npz")
-_LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "npz": load_npz}
+_LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "synthetic_multilabel": load_synthetic_multilabel,
+            "npz": load_npz}
+DATASETS = tuple(_LOADERS)
 
 
 def load_dataset(name: str, *, seed: int = 0, **options) -> Dataset:

@@ -37,13 +37,18 @@ def partition(
       quantity   node sizes follow power-law weights pareto(exponent) + 1 (smaller exponent,
                  heavier tail), at least one sample each; labels stay IID.
 
+    Multi-label data (y a 2-D label matrix) takes iid and quantity, which ignore labels.
     Raises PartitionError if any node would end up with no data rather than patching it.
     """
     y = np.asarray(y)
     n_samples = len(y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise PartitionError(f"labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
-    if n_samples and y.min() < 0:
+    if y.ndim == 2 and scheme in ("dirichlet", "shards"):
+        raise PartitionError(f"partition={scheme} splits by class and these labels are multi-label; "
+                             "use data.partition=iid or quantity")
+    if y.ndim not in (1, 2) or (y.ndim == 1 and not np.issubdtype(y.dtype, np.integer)):
+        raise PartitionError(f"labels must be a 1-D integer array (or a 2-D label matrix), got shape {y.shape} "
+                             f"dtype {y.dtype}")
+    if y.ndim == 1 and n_samples and y.min() < 0:
         raise PartitionError(f"labels must be >= 0, got {y.min()}; map classes to 0..K-1")
     if n_nodes < 1:
         raise PartitionError(f"n_nodes must be at least 1, got {n_nodes}")

@@ -1,19 +1,22 @@
 """Batched local training and evaluation of many models at once (torch.func).
 
-`functional_call` runs the template with one node's parameters, `vmap` maps it over the
-stack, so one call computes every node's loss and gradient on that node's own minibatch.
+`functional_call` runs the template with one row's parameters, `vmap` maps it over the
+stack, so one call computes every row's loss and gradient on that row's own minibatch. The
+rows may come from any stack (one model per node, an archive, per-cluster sub-models): the
+caller names each row's data range and random stream explicitly. Loss and metrics come from a
+task (kernels.tasks).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from kernels.random import counter_uniform
 from kernels.stack import Layout
+from kernels.tasks import TASKS, Task
 
 
 @dataclass(frozen=True)
@@ -43,26 +46,29 @@ def linear_relu_chain(module: nn.Module) -> list[str] | None:
 
 
 class BatchedModel:
-    """A template module plus its layout: the batched loss, gradient and evaluation of a stack.
+    """A template module, its layout and its task: the batched loss, gradient and evaluation of
+    a stack of rows.
 
     `fast=True` (default) uses hand-written bmm kernels when the template is a Linear/ReLU
     chain; `fast=False` always uses torch.func (the reference the fast path is tested against).
     """
 
-    def __init__(self, module: nn.Module, fast: bool = True):
+    def __init__(self, module: nn.Module, task: Task | str = "multiclass", fast: bool = True):
         self.module = module
         self.layout = Layout.from_module(module)
+        self.task = TASKS[task] if isinstance(task, str) else task
         self.chain = linear_relu_chain(module) if fast else None
 
         def loss(row, x, y):
             logits = functional_call(self.module, self.layout.unflatten(row), (x,))
-            return F.cross_entropy(logits, y)
+            return self.task.loss(logits, y)
 
         def logits(row, x):
             return functional_call(self.module, self.layout.unflatten(row), (x,))
 
         self._grad = vmap(grad_and_value(loss))
         self._logits = vmap(logits, in_dims=(0, None))
+        self._own_logits = vmap(logits)
 
     def grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         """params [n, P], x [n, B, F], y [n, B] -> (grads [n, P], losses [n])."""
@@ -85,12 +91,7 @@ class BatchedModel:
 
     def _chain_grad(self, params, x, y):
         acts = self._chain_forward(params, x)
-        logits = acts[-1]
-        logp = logits.log_softmax(-1)
-        losses = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
-        dz = logp.exp_()  # d(mean cross-entropy)/d(logits) = (softmax - onehot) / B
-        dz.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(dz[..., :1], -1.0))
-        dz /= x.shape[1]
+        losses, dz = self.task.loss_and_dlogits(acts[-1], y)
         grads = torch.empty_like(params)
         glayers = self._chain_layers(grads)
         wlayers = self._chain_layers(params)
@@ -103,18 +104,22 @@ class BatchedModel:
         return grads, losses
 
     @torch.no_grad()
+    def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """params [n, P]; x shared [T, F] or one set per row [n, T, F] -> logits [n, T, C]."""
+        if self.chain is not None:
+            return self._chain_forward(params, x)[-1]
+        return self._logits(params, x) if x.dim() == 2 else self._own_logits(params, x)
+
+    @torch.no_grad()
     def evaluate(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 max_elements: int = 1 << 18):
-        """Every model on one test set: (accuracy [n], mean loss [n]), chunked over models."""
+                 max_elements: int = 1 << 18) -> dict[str, torch.Tensor]:
+        """Every model on one labelled set: {metric: [n]} (the task's metrics), chunked over models."""
         chunk = max(1, max_elements // max(1, x.shape[0]))
-        accs, losses = [], []
+        parts: dict[str, list] = {}
         for a in range(0, params.shape[0], chunk):
-            rows = params[a:a + chunk]
-            out = self._logits(rows, x) if self.chain is None else self._chain_forward(rows, x)[-1]
-            accs.append((out.argmax(-1) == y).float().mean(1))
-            losses.append(F.cross_entropy(out.transpose(1, 2), y.expand(out.shape[0], -1),
-                                          reduction="none").mean(1))
-        return torch.cat(accs), torch.cat(losses)
+            for k, v in self.task.evaluate(self.logits(params[a:a + chunk], x), y).items():
+                parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def sample_minibatches(seed: int, nodes: torch.Tensor, step: torch.Tensor, offsets: torch.Tensor,
@@ -154,9 +159,10 @@ def local_sgd(model: BatchedModel, params: torch.Tensor, buf: torch.Tensor, X: t
               cfg: SGDConfig, seed: int) -> torch.Tensor:
     """Run `steps[i]` local SGD steps on each of the n rows of `params` (in place).
 
-    `nodes` are the rows' node ids (for the random stream), `step_counter` their local step
-    counts so far (advanced in place), `offsets`/`sizes` their data ranges in X/y.
-    Returns each row's mean training loss over its steps.
+    `nodes` key the rows' random streams (node ids when there is one model per node),
+    `step_counter` their local step counts so far (advanced in place), `offsets`/`sizes` their
+    data ranges in X/y (a row with `steps` 0 is left alone). Returns each row's mean training
+    loss over its steps (NaN for rows with no step).
     """
     n = params.shape[0]
     total = torch.zeros(n, dtype=torch.float64, device=params.device)
@@ -167,4 +173,4 @@ def local_sgd(model: BatchedModel, params: torch.Tensor, buf: torch.Tensor, X: t
         sgd_update(params, buf, grads, cfg, active)
         total += torch.where(active, losses.double(), torch.zeros_like(total))
         step_counter += active.long()
-    return total / steps.clamp(min=1)
+    return torch.where(steps > 0, total / steps.clamp(min=1), torch.full_like(total, float("nan")))

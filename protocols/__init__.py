@@ -1,17 +1,14 @@
-"""Aggregation protocols: each one's pure math plus its event handlers.
+"""Aggregation protocols: each one's pure math, its state and its event handlers.
 
-`PROTOCOLS` maps a name to (Protocol class, config dataclass); `protocol=<name>` picks one.
+Every `Protocol` subclass that sets `name` registers itself (protocols.registry): the built-in
+ones below, and any defined in a user's own module. `protocols.get(name)` finds one by name or
+by import path ("my_rules.MedianGossip").
 """
-from protocols.base import Context, Protocol
+from protocols.base import Priority, Protocol, ProtocolConfig
+from protocols.registry import ProtocolError, get, names
 from protocols.fedavg import FedAvg, FedAvgConfig
 from protocols.gossip import Gossip, GossipConfig
 from protocols.vc_gossip import VCGossip, VCGossipConfig
 
-PROTOCOLS = {
-    "fedavg": (FedAvg, FedAvgConfig),
-    "gossip": (Gossip, GossipConfig),
-    "vc_gossip": (VCGossip, VCGossipConfig),
-}
-
-__all__ = ["PROTOCOLS", "Context", "FedAvg", "FedAvgConfig", "Gossip", "GossipConfig", "Protocol",
-           "VCGossip", "VCGossipConfig"]
+__all__ = ["FedAvg", "FedAvgConfig", "Gossip", "GossipConfig", "Priority", "Protocol", "ProtocolConfig",
+           "ProtocolError", "VCGossip", "VCGossipConfig", "get", "names"]

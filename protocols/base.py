@@ -1,46 +1,94 @@
-"""What every protocol shares: the context it is bound to and the round clock.
+"""What every protocol is: a registered class with a typed config, its own state, and its math.
 
-A protocol has two halves. Its math (aggregate, merge) is pure functions of tensors at module
-level, batch-size agnostic: the simulator calls them on thousands of rows, the Flower bridge
-on one. Its orchestration is a `Protocol` subclass whose event handlers the engine calls with
-waves of node ids.
+A protocol has two halves. Its math (aggregate, merge) is pure functions of tensors,
+batch-size agnostic: the simulator calls them on thousands of rows, the Flower bridge on one.
+Its orchestration is event handlers that the engine calls with waves of node ids.
+
+Writing one (in the package or in your own module):
+
+    @dataclass
+    class MyConfig(ProtocolConfig):   # the options: types and defaults are the schema
+        trim: float = 0.1
+
+    class MyProtocol(Protocol):
+        name = "my_protocol"          # defining the class registers it
+        config = MyConfig
+        def bind(self): ...           # register event handlers with self.engine
+        def start(self): ...          # schedule the first events
+
+The protocol is built from its config and the scenario's World (data, owners, graph and links,
+speeds, model template, task). `attach` joins it to an engine: it builds the state
+(`init_state`; default: a Fleet, one model per node, in `self.fleet`) and calls `bind`.
+A protocol that defines `merge` (a per-node merge of received models) runs on the Flower
+bridge's relay too; `merge_received` applies it to one node's inbox as the bridge does.
 """
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
-from clients.fleet import Fleet
+from protocols import registry
+
+
+class Priority(enum.IntEnum):
+    """The order of event kinds due at one simulated instant (lower first; the engine runs one
+    wave per kind)."""
+    RECEIVE = 10    # a message reaches its destination (gossip delivery, FedAvg upload)
+    DISPATCH = 20   # a client gets its work (FedAvg download)
+    TRAINED = 30    # local training ends
+    WAKE = 35       # an asynchronous node wakes up
+    ROUND = 40      # a synchronous round starts
+    DEADLINE = 50   # a round's deadline passes
+    CLOCK = 1000    # the evaluation clock of asynchronous protocols, after everything else
 
 
 @dataclass
-class Context:
-    """What the simulator hands a protocol."""
-    fleet: Fleet
-    edges: dict[str, np.ndarray]      # topologies.edge_arrays of the graph
-    server_latency: np.ndarray        # [N] seconds, each client's link to a server (star protocols)
-    server_bandwidth: np.ndarray      # [N] bytes/s
-    engine: object                    # simulator.engine.Engine: schedule(), on(), stop(), now
-    seed: int
-    on_round: Callable[[int, float], None]  # called when round r ends at simulated time t
+class ProtocolConfig:
+    """Base of every protocol's config dataclass. `name` is filled in with the protocol's
+    registered name (or import path); subclasses add the options, with defaults, and check
+    their values in `__post_init__` (raise ValueError naming the key: protocol.<option>)."""
+    name: str = ""
 
 
 class Protocol:
-    """Base class: subclasses set `name`, register handlers in `bind` and start in `start`."""
-    name = ""
-    independent_init = False  # does every node start from its own random model?
-    uses_graph = True         # False: clients talk only to a server (its links: Context.server_*)
+    name: ClassVar[str] = ""                 # the registry key: protocol=<name>
+    config: ClassVar[type] = ProtocolConfig  # the options (a ProtocolConfig dataclass)
+    uses_graph: ClassVar[bool] = True        # False: clients talk only to a server (world.server_*)
+    columns: ClassVar[tuple[str, ...]] = ()  # the metrics.csv columns extra_metrics() adds
+    receives: ClassVar[str] = "sum"          # merge sees "sum": summed messages; "models": each one
+    merge: ClassVar[Callable | None] = None  # a per-node merge rule (see Gossip.merge), if any
 
-    def __init__(self, cfg, ctx: Context):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            registry.register(cls)
+
+    @classmethod
+    def independent_init(cls, cfg) -> bool:
+        """Does every node start from its own random model (else one shared model)?"""
+        return False
+
+    def __init__(self, cfg: ProtocolConfig, world):
         self.cfg = cfg
-        self.ctx = ctx
-        self.fleet = ctx.fleet
-        self.engine = ctx.engine
+        self.world = world
         self.bytes_sent = 0
+
+    # the simulation
+    def attach(self, engine, on_round: Callable[[int, float], None]) -> None:
+        """Join an engine: build the state, then register the event handlers."""
+        self.engine = engine
+        self.on_round = on_round  # call on_round(r, t) when round r ends at simulated time t
+        self.init_state()
         self.bind()
+
+    def init_state(self) -> None:
+        """The default state: a Fleet (one model per node, on the node's own data)."""
+        self.fleet = self.world.fleet(independent=self.independent_init(self.cfg))
 
     def bind(self) -> None:
         raise NotImplementedError
@@ -48,22 +96,50 @@ class Protocol:
     def start(self) -> None:
         raise NotImplementedError
 
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of one model on the wire (float32 parameters)."""
+        return self.world.model_bytes
+
     def models(self) -> torch.Tensor:
-        """The models to evaluate, one row each (all nodes; FedAvg: the global model)."""
+        """The models to evaluate, one row each [k, P] (all nodes; FedAvg: the global model)."""
         return self.fleet.params
 
+    def train_loss(self) -> float:
+        """Mean last local training loss (NaN when there is none)."""
+        fleet = getattr(self, "fleet", None)
+        return fleet.train_loss() if fleet is not None else math.nan
+
     def extra_metrics(self) -> dict[str, float]:
-        """Protocol-specific columns for metrics.csv."""
+        """The protocol's own metrics.csv columns (keys: `columns`)."""
         return {}
 
     def start_clock(self, round_time: float) -> None:
         """Asynchronous protocols: a round is `round_time` simulated seconds."""
         self._round_time = round_time
         self._tick = 0
-        self.engine.on("tick", self._on_tick, priority=1000)
+        self.engine.on("tick", self._on_tick, Priority.CLOCK)
         self.engine.schedule("tick", round_time, -1)
 
     def _on_tick(self, t: float, nodes: np.ndarray, payload: dict) -> None:
         self._tick += 1
         self.engine.schedule("tick", (self._tick + 1) * self._round_time, -1)
-        self.ctx.on_round(self._tick, t)
+        self.on_round(self._tick, t)
+
+    # the per-node merge rule, shared with the Flower relay
+    def message(self, rows: torch.Tensor) -> torch.Tensor:
+        """What a send carries per model [n, width]: the parameters (subclasses may append
+        statistics the receiver wants summed over its inbox)."""
+        return rows
+
+    def relay_problem(self) -> str | None:
+        """Why this configuration cannot run on the Flower relay as it runs in the simulator
+        (None: it can). The relay runs synchronous rounds: train, send, merge."""
+        return None
+
+    def merge_received(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """One node's merge: own [P] and its k received models [k, P] -> merged [P]. The same
+        `message` and `merge` the simulator applies to whole waves."""
+        msgs = self.message(received)
+        inbox = msgs.sum(0, keepdim=True) if self.receives == "sum" else msgs.unsqueeze(0)
+        return self.merge(own.view(1, -1), inbox, torch.tensor([len(received)]))[0]

@@ -2,6 +2,7 @@
 sample-weighted mean of what comes back before the deadline."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from kernels import weighted_mean
 from kernels.random import derive_seed
-from protocols.base import Protocol
+from protocols.base import Priority, Protocol, ProtocolConfig
 from topologies import link_delay
 
 
@@ -18,16 +19,16 @@ def aggregate(rows: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
     return weighted_mean(rows, num_examples)
 
 
-@dataclass(frozen=True)
-class FedAvgConfig:
+@dataclass
+class FedAvgConfig(ProtocolConfig):
     fraction: float = 1.0          # share of clients sampled each round
     deadline: float | None = None  # seconds after round start; later uploads are dropped
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
             raise ValueError(f"protocol.fraction must be in (0, 1], got {self.fraction}")
-        if self.deadline is not None and self.deadline <= 0:
-            raise ValueError(f"protocol.deadline must be > 0 or null, got {self.deadline}")
+        if self.deadline is not None and not 0 < self.deadline < math.inf:
+            raise ValueError(f"protocol.deadline must be a finite number > 0 or null, got {self.deadline}")
 
 
 class FedAvg(Protocol):
@@ -35,15 +36,17 @@ class FedAvg(Protocol):
     server). The round ends when every selected client's upload arrived, or at the deadline.
     Uploads are summed as they arrive, so the server holds one running weighted sum."""
     name = "fedavg"
+    config = FedAvgConfig
     uses_graph = False
+    columns = ("clients_dropped",)
 
     def bind(self):
         e = self.engine
-        e.on("round_start", self._round_start, priority=40)
-        e.on("download", self._download, priority=20)
-        e.on("train_done", self._train_done, priority=30)
-        e.on("upload", self._upload, priority=10)
-        e.on("deadline", self._deadline, priority=50)
+        e.on("round_start", self._round_start, Priority.ROUND)
+        e.on("download", self._download, Priority.DISPATCH)
+        e.on("train_done", self._train_done, Priority.TRAINED)
+        e.on("upload", self._upload, Priority.RECEIVE)
+        e.on("deadline", self._deadline, Priority.DEADLINE)
         self.global_model = self.fleet.params[0].clone()
         self.round = 0
         self.dropped = 0
@@ -58,20 +61,20 @@ class FedAvg(Protocol):
         return {"clients_dropped": float(self.dropped)}
 
     def _delay(self, nodes):
-        return link_delay(self.ctx.server_latency[nodes], self.ctx.server_bandwidth[nodes], self.fleet.model_bytes)
+        return link_delay(self.world.server_latency[nodes], self.world.server_bandwidth[nodes], self.model_bytes)
 
     def _round_start(self, t, nodes, payload):
         self.round += 1
         n = self.fleet.n
         k = max(1, int(round(self.cfg.fraction * n)))
-        rng = np.random.default_rng(derive_seed(self.ctx.seed, "fedavg-select", self.round))
+        rng = np.random.default_rng(derive_seed(self.world.seed, "fedavg-select", self.round))
         self.selected = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
         self.expected = len(self.selected)
         self.received = 0
         self.sum = torch.zeros_like(self.global_model, dtype=torch.float64)
         self.weight = 0.0
         self.open = True
-        self.bytes_sent += k * self.fleet.model_bytes
+        self.bytes_sent += k * self.model_bytes
         self.engine.schedule("download", t + self._delay(self.selected), self.selected, round=self.round)
         if self.cfg.deadline is not None:
             self.engine.schedule("deadline", t + self.cfg.deadline, -1, round=self.round)
@@ -84,19 +87,22 @@ class FedAvg(Protocol):
         nodes = self._current(nodes, payload)
         # a client's optimizer lives for one round: momentum starts at zero each download
         self.fleet.set_params(nodes, self.global_model.expand(len(nodes), -1), reset_momentum=True)
-        self.engine.schedule("train_done", t + self.fleet.train_time(nodes), nodes, round=self.round)
+        self.engine.schedule("train_done", t + self.fleet.train_time(nodes, t), nodes, round=self.round, start=t)
 
     def _train_done(self, t, nodes, payload):
+        start = payload["start"][payload["round"] == self.round] if self.open else payload["start"][:0]
         nodes = self._current(nodes, payload)
-        self.fleet.train(nodes)
-        self.bytes_sent += len(nodes) * self.fleet.model_bytes
-        self.engine.schedule("upload", t + self._delay(nodes), nodes, round=self.round)
+        self.fleet.train(nodes, start)  # a client trains on the rows it held when training began
+        self.bytes_sent += len(nodes) * self.model_bytes
+        self.engine.schedule("upload", t + self._delay(nodes), nodes, round=self.round, start=start)
 
     def _upload(self, t, nodes, payload):
+        start = payload["start"][payload["round"] == self.round] if self.open else payload["start"][:0]
         nodes = self._current(nodes, payload)
         if len(nodes) == 0:
             return
-        w = self.fleet.sizes[torch.as_tensor(nodes, device=self.fleet.device)].double()
+        # weighted by the rows each client trained on
+        w = torch.as_tensor(self.fleet.data.available(nodes, start), dtype=torch.float64, device=self.fleet.device)
         self.sum += w @ self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)].double()
         self.weight += float(w.sum())
         self.received += len(nodes)
@@ -112,5 +118,5 @@ class FedAvg(Protocol):
         self.open = False
         if self.weight > 0:  # nobody made the deadline: keep the old model
             self.global_model = (self.sum / self.weight).to(self.global_model.dtype)
-        self.ctx.on_round(self.round, t)
+        self.on_round(self.round, t)
         self.engine.schedule("round_start", t, -1)

@@ -38,7 +38,7 @@ def corrected_tensors(layout, correct_biases: bool, device=None) -> torch.Tensor
                         device=device)
 
 
-@dataclass(frozen=True)
+@dataclass
 class VCGossipConfig(GossipConfig):
     correct_biases: bool = False  # the paper-era code corrects weights only
     eps: float = 1e-8             # relative floor: v is floored at eps * v*
@@ -56,23 +56,22 @@ class VCGossip(Gossip):
     """Gossip whose sends carry each model's per-tensor variances (L extra columns) and whose
     merge applies `vc_merge`."""
     name = "vc_gossip"
+    config = VCGossipConfig
 
-    def bind(self):
-        lay = self.fleet.layout
-        dev = self.fleet.device
-        self.indicator = segment_indicator(lay.sizes, dev)
-        self.corrected = corrected_tensors(lay, self.cfg.correct_biases, dev)
-        self.unbiased = self.cfg.estimator == "unbiased"
-        self.extra_columns = lay.n_tensors
-        super().bind()
+    def __init__(self, cfg, world):
+        super().__init__(cfg, world)
+        lay = world.layout
+        self.indicator = segment_indicator(lay.sizes, world.device)
+        self.corrected = corrected_tensors(lay, cfg.correct_biases, world.device)
+        self.unbiased = cfg.estimator == "unbiased"
 
-    def outgoing(self, rows):
+    def message(self, rows):
         # the receiver could compute these from the model itself; sending them along saves
         # recomputing per edge (bytes_sent counts the parameters only)
         _, var = segment_moments(rows, self.indicator, unbiased=self.unbiased)
         return torch.cat([rows, var.to(rows.dtype)], dim=1)
 
-    def merge_rule(self, own, received, count):
-        p = self.fleet.layout.size
+    def merge(self, own, received, count):
+        p = self.world.layout.size
         return vc_merge(own, received[:, :p], received[:, p:], count, self.cfg.beta, self.indicator,
                         self.corrected, eps=self.cfg.eps, unbiased=self.unbiased)

@@ -1,6 +1,6 @@
 """The engine and the run loop; `simulator.run` is the Python API (see simulator/run.py)."""
-from simulator.config import ConfigError, RunConfig
+from scenarios import ConfigError, RunConfig, compose, resolve
 from simulator.engine import Engine
-from simulator.run import RunResult, compose, run
+from simulator.run import RunResult, run
 
-__all__ = ["ConfigError", "Engine", "RunConfig", "RunResult", "compose", "run"]
+__all__ = ["ConfigError", "Engine", "RunConfig", "RunResult", "compose", "resolve", "run"]

@@ -7,12 +7,13 @@ depends on how events were scheduled; events a handler schedules for the current
 join the next wave. With batching off the same waves are split into one call per node, so a
 batched and an unbatched run see the same events in the same order.
 
-Kinds at one instant run in priority order (lower first). `resolution` > 0 rounds every event
-time up to a multiple of it (a clock in ticks), which turns near-coincident events into
-large waves.
+Kinds at one instant run in priority order (lower first; protocols.Priority names the
+levels). Each kind has exactly one handler. `resolution` > 0 rounds every event time up to a
+multiple of it (a clock in ticks), which turns near-coincident events into large waves.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,8 +46,11 @@ class Engine:
     def now(self) -> float:
         return self._now
 
-    def on(self, kind: str, handler: Handler, priority: int = 0) -> None:
-        self._kinds[kind] = _Kind(priority, handler)
+    def on(self, kind: str, handler: Handler, priority: int) -> None:
+        """Give event `kind` its handler; kinds due at one instant run lowest priority first."""
+        if kind in self._kinds:
+            raise ValueError(f"event kind {kind!r} already has a handler; each kind has exactly one")
+        self._kinds[kind] = _Kind(int(priority), handler)
 
     def schedule(self, kind: str, times, nodes, key=None, **payload) -> None:
         """Schedule one event per node at absolute `times` (a scalar or one per node)."""
@@ -61,6 +65,8 @@ class Engine:
         times = np.maximum(times, self._now)
         key = np.zeros_like(nodes) if key is None else np.broadcast_to(np.asarray(key, np.int64), nodes.shape)
         payload = {k: np.broadcast_to(np.asarray(v), nodes.shape) for k, v in payload.items()}
+        if kind not in self._kinds:
+            raise KeyError(f"event kind {kind!r} has no handler; register one with Engine.on first")
         slot = self._kinds[kind].chunks
         uniq, inv = np.unique(times, return_inverse=True)
         for i, t in enumerate(uniq.tolist()):
@@ -76,14 +82,13 @@ class Engine:
             self._stop.succeed()
 
     def run(self, until: float | None = None) -> None:
-        stop = self._stop if until is None else self.env.any_of([self._stop, self.env.timeout(until)])
-        if self._stop.triggered:
-            return
-        try:
-            self.env.run(until=stop)
-        except RuntimeError as err:  # simpy: "No scheduled events left but until event was not triggered"
-            if "No scheduled events" not in str(err):
-                raise
+        """Process events until `stop()` is called, none is left, or the next one lies past `until`."""
+        env = self.env
+        while not self._stop.triggered:
+            t = env.peek()
+            if t == math.inf or (until is not None and t > until):
+                break
+            env.step()
 
     def _next_kind(self, t: float) -> str | None:
         ready = [(k.priority, name) for name, k in self._kinds.items() if t in k.chunks]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 
 class Recorder:
-    def __init__(self, out_dir: str | Path | None):
+    def __init__(self, out_dir: str | Path | None, headline: str = "accuracy"):
         self.rows: list[dict] = []
+        self.headline = headline  # the task's main metric: what curves.png draws
+        self.summary: dict = {}
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._file = self._writer = None
         if self.out_dir is not None:
@@ -28,21 +30,24 @@ class Recorder:
         self._file.flush()
 
     def close(self, summary: dict) -> None:
+        self.summary = summary
         if self._file is not None:
             self._file.close()
         if self.out_dir is None:
             return
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
         if self.rows:
-            plot_curves(self.rows, self.out_dir / "curves.png", title=summary.get("title", ""))
+            plot_curves(self.rows, self.out_dir / "curves.png", title=summary.get("title", ""),
+                        headline=self.headline)
 
 
 def _plain(x):
     return x.item() if hasattr(x, "item") else str(x)
 
 
-def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Accuracy and loss against round and against simulated time."""
+def plot_curves(rows: list[dict], path: Path, title: str = "", headline: str = "accuracy") -> None:
+    """The task's headline metric (accuracy, micro-F1, ...) and loss against round and against
+    simulated time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -52,11 +57,13 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharey="row")
     for col, x, label in ((0, r, "round"), (1, t, "simulated time (s)")):
         ax = axes[0, col]
-        ax.plot(x, [row["accuracy_mean"] for row in rows], label="mean over nodes")
-        lo = [row["accuracy_min"] for row in rows]
-        hi = [row["accuracy_max"] for row in rows]
+        ax.plot(x, [row[f"{headline}_mean"] for row in rows], label="mean over nodes")
+        lo = [row[f"{headline}_min"] for row in rows]
+        hi = [row[f"{headline}_max"] for row in rows]
         ax.fill_between(x, lo, hi, alpha=0.2, label="min-max")
-        ax.set_ylabel("test accuracy")
+        if f"prequential_{headline}" in rows[0]:
+            ax.plot(x, [row[f"prequential_{headline}"] for row in rows], "--", label="prequential (pooled)")
+        ax.set_ylabel(f"test {headline.replace('_', ' ')}")
         ax.legend(loc="lower right")
         ax.grid(alpha=0.3)
         ax = axes[1, col]

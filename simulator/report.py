@@ -27,7 +27,7 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, list[dict]]:
         summary = json.loads(summary_path.read_text())
         rows = list(csv.DictReader(open(summary_path.parent / "metrics.csv")))
         cols = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
-        arm = summary.get("label") or summary["config"]["protocol_name"]
+        arm = summary.get("label") or summary["config"]["protocol"]["name"]
         arms.setdefault(arm, []).append({"summary": summary, "metrics": cols})
     return arms
 

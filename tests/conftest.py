@@ -10,7 +10,7 @@ def tiny():
     from simulator import run
 
     def _run(overrides=(), **kwargs):
-        base = ["nodes=10", "rounds=3", "sim.progress=false", "train.local_epochs=null"]
+        base = ["nodes=10", "rounds=3", "sim.progress=false", "train.local_steps=1"]
         return run(overrides=base + list(overrides), **kwargs)
 
     return _run

@@ -16,21 +16,47 @@ def murmur(*args, cwd, timeout=240):
 
 @pytest.mark.parametrize("args, needle", [
     (["protocol=nope"], "unknown protocol 'nope'; choose one of: fedavg, gossip"),
+    (["protocol=gossip", "protocol.betta=0.5"], "unknown key 'protocol.betta'; valid keys of protocol: beta,"),
+    (["train.learning_rate=1"], "unknown key 'train.learning_rate'; valid keys of train: batch_size,"),
+    (["train.batch_size=2.5"], "train.batch_size"),
+    (["topology.allow_disconnected=maybe"], "topology.allow_disconnected"),
+    (["protocol=fedavg,nope"], "unknown protocol 'nope'"),
+    (["model=no_such_module.Net"], "cannot import 'no_such_module'"),
+    (["nodes=[1"], "cannot read the override 'nodes=[1'"),
     (["nodes=0"], "nodes must be an integer >= 1"),
     (["protocol.fraction=1.5"], "fraction must be in (0, 1]"),
     (["data=npz", "data.path=missing.npz"], "npz file not found: missing.npz"),
     (["data=npz"], "data.path"),
     (["bogus=3"], "unknown key 'bogus'"),
     (["topology=torus", "protocol=gossip", "nodes=7"], "torus"),
-    (["train.lr=-1"], "train.lr must be > 0"),
+    (["train.lr=-1"], "train.lr must be a finite number > 0"),
+    (["train.local_steps=null", "train.local_epochs=null"], "set one"),
     (["train.nope=1"], "train.nope"),
 ])
-def test_bad_values_give_one_line_and_exit_code_2(tmp_path, args, needle):
+def test_bad_values_give_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, args, needle):
+    """In-process (the same `main` the console script calls), to keep the suite quick."""
+    from simulator import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["murmur", *args, "sim.progress=false", f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("murmur: error: ") and needle in lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["protocol.betta=0.5", "protocol=gossip"], "unknown key 'protocol.betta'"),   # before Hydra starts
+    (["data=npz", "data.path=missing.npz"], "npz file not found: missing.npz"),  # inside the job
+])
+def test_a_real_process_exits_2_with_one_line(tmp_path, args, needle):
     p = murmur(*args, "sim.progress=false", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert lines[0].startswith("murmur: error: ") and needle in lines[0]
+    assert len(lines) == 1 and "Traceback" not in p.stderr and needle in lines[0], p.stderr
 
 
 def test_run_and_sweep_write_their_outputs(tmp_path):
@@ -39,7 +65,7 @@ def test_run_and_sweep_write_their_outputs(tmp_path):
     assert p.returncode == 0, p.stderr
     summaries = sorted(Path(tmp_path, "sweep").glob("*/summary.json"))
     assert len(summaries) == 4
-    combos = {(json.loads(s.read_text())["config"]["protocol_name"], json.loads(s.read_text())["seed"])
+    combos = {(json.loads(s.read_text())["config"]["protocol"]["name"], json.loads(s.read_text())["seed"])
               for s in summaries}
     assert combos == {("fedavg", 0), ("fedavg", 1), ("gossip", 0), ("gossip", 1)}
     assert p.stdout.count("murmur: ") == 4  # one summary line per job

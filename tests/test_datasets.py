@@ -129,14 +129,14 @@ def test_npz_inconsistent_arrays(tmp_path, arrays, message):
 
 
 def test_load_dataset_dispatch():
-    assert DATASETS == ("digits", "synthetic", "npz")
+    assert DATASETS == ("digits", "synthetic", "synthetic_multilabel", "npz")
     d = load_dataset("synthetic", seed=4, n_samples=200, n_features=8, n_classes=2)
     np.testing.assert_array_equal(d.X_train, load_synthetic(n_samples=200, n_features=8, n_classes=2, seed=4).X_train)
     assert load_dataset("digits", test_fraction=0.5).X_test.shape == (899, 64)
 
 
 def test_load_dataset_unknown_name():
-    with pytest.raises(DataError, match="unknown dataset 'mnist'; choose one of digits, synthetic, npz"):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; choose one of digits, synthetic, synthetic_multilabel, npz"):
         load_dataset("mnist")
 
 
@@ -145,3 +145,18 @@ def test_load_dataset_unknown_option():
         load_dataset("synthetic", n_sample=10)
     with pytest.raises(DataError, match="needs option.*path"):
         load_dataset("npz")
+
+
+def test_synthetic_multilabel_and_npz_label_matrices(tmp_path):
+    d = load_dataset("synthetic_multilabel", seed=1, n_samples=300, n_labels=5)
+    assert d.task == "multilabel" and d.y_train.shape == (240, 5) and d.n_classes == 5
+    assert set(np.unique(d.y_train)) <= {0, 1} and d.y_train.sum(1).mean() > 0.5
+    path = tmp_path / "ml.npz"
+    np.savez(path, X_train=d.X_train, y_train=d.y_train, X_test=d.X_test, y_test=d.y_test)
+    assert load_npz(str(path)).task == "multilabel" and load_npz(str(path)).n_classes == 5
+    np.savez(path, X_train=d.X_train, y_train=d.y_train * 2, X_test=d.X_test, y_test=d.y_test)
+    with pytest.raises(DataError, match="0/1 label indicators"):
+        load_npz(str(path))
+    np.savez(path, X_train=d.X_train, y_train=d.y_train, X_test=d.X_test, y_test=d.y_test[:, 0])
+    with pytest.raises(DataError, match="y_train has shape"):
+        load_npz(str(path))

@@ -44,7 +44,7 @@ def test_unbatched_engine_sees_the_same_events_in_the_same_order_one_node_per_ca
 def test_resolution_rounds_event_times_up_to_ticks():
     eng = Engine(resolution=1.0, record=True)
     seen = []
-    eng.on("a", lambda t, n, p: seen.append((t, n.tolist())))
+    eng.on("a", lambda t, n, p: seen.append((t, n.tolist())), 0)
     eng.schedule("a", [0.2, 0.9, 1.0, 1.1], [0, 1, 2, 3])
     eng.run()
     assert seen == [(1.0, [0, 1, 2]), (2.0, [3])]
@@ -60,7 +60,7 @@ def test_stop_ends_the_run_and_past_events_are_refused():
         if t >= 3:
             eng.stop()
 
-    eng.on("a", h)
+    eng.on("a", h, 0)
     eng.schedule("a", 0.0, 0)
     eng.run()
     assert seen == [0.0, 1.0, 2.0, 3.0]
@@ -83,3 +83,23 @@ def test_message_arrival_is_send_time_plus_latency_plus_bytes_over_bandwidth(tin
     for edge, delay in expected.items():
         assert deliveries[edge] == pytest.approx(train_end + delay, abs=1e-12)
     assert res.summary["sim_time_s"] == pytest.approx(train_end + 0.5 + n_bytes / 1000)
+
+
+def test_one_handler_per_kind_and_scheduling_needs_a_handler():
+    eng = Engine()
+    eng.on("a", lambda t, n, p: None, 0)
+    with pytest.raises(ValueError, match="already has a handler"):
+        eng.on("a", lambda t, n, p: None, 1)
+    with pytest.raises(KeyError, match="no handler"):
+        eng.schedule("b", 1.0, 0)
+
+
+def test_run_ends_when_no_event_is_left_and_at_until():
+    eng = Engine()
+    seen = []
+    eng.on("a", lambda t, n, p: seen.append(t), 0)
+    eng.schedule("a", [1.0, 2.0, 5.0], [0, 1, 2])
+    eng.run(until=2.5)
+    assert seen == [1.0, 2.0]
+    eng.run()  # nothing stops it but the empty queue
+    assert seen == [1.0, 2.0, 5.0] and eng.now == 5.0

@@ -16,11 +16,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 from flower_grid import LocalGrid
-from protocols.flower.client import client_app
-from protocols.flower.launch import LocalFleet, free_port
-from protocols.flower.scenario import SETTINGS, load, settings
-from protocols.flower.server import check_bridged, serve
-from protocols.flower.wire import BadReply, from_record, to_record
+from bridge.client import client_app
+from bridge.launch import LocalFleet, free_port
+from bridge.scenario import SETTINGS, load, settings
+from bridge.server import check_bridged, serve
+from bridge.wire import BadReply, from_record, to_record
 from simulator import ConfigError, run
 
 # deterministic: 4 nodes, digits, full participation, constant speed, fixed local steps
@@ -112,6 +112,72 @@ def test_plain_flower_clientapp_works_under_our_fedavg():
     assert [m["accepted"] for m in res.metrics] == [4, 4]
 
 
+def test_a_quickstart_clientapp_learns_under_our_fedavg_when_the_scenario_names_its_model():
+    """Flower's quickstart style: the client loads the arrays into its own nn.Sequential with
+    load_state_dict (keys 0.weight ...). Naming that class as the scenario's model makes the
+    bridge send those keys; the client's own data and training loop do the learning."""
+    import quickstart_app
+
+    overrides = ["protocol=fedavg", "nodes=4", "rounds=3", "model=quickstart_app.Net"]
+    res, grid = bridge(overrides, app=quickstart_app.client_app())
+    assert [m["accepted"] for m in res.metrics] == [4, 4, 4]
+    sent = grid.sent[0].content["arrays"]
+    assert list(sent.keys()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert res.metrics[-1]["accuracy_mean"] > 0.8 > 0.2 > load(" ".join(overrides)).evaluate(
+        load(" ".join(overrides)).initial_row(0).view(1, -1))["accuracy"][0]
+
+
+def test_our_clientapp_learns_under_a_stock_fedavg_with_its_own_names(caplog):
+    """Flower's FedAvg from a quickstart Net: arrays keyed 0.weight ..., which our MLP calls
+    net.0.weight ...: matched by order and shape (logged once), answered under the server's keys."""
+    import quickstart_app
+
+    overrides = "protocol=fedavg nodes=4 rounds=3 model.hidden=[32]"
+    grid = LocalGrid(client_app(), 4, run_config={"overrides": overrides})
+    with caplog.at_level("INFO", logger="flwr.murmuration"):
+        result = FedAvg(min_available_nodes=4, fraction_evaluate=0.0).start(
+            grid=grid, initial_arrays=ArrayRecord(quickstart_app.Net().state_dict()), num_rounds=3)
+    net = quickstart_app.Net()
+    net.load_state_dict(result.arrays.to_torch_state_dict())
+    assert quickstart_app.accuracy(net) > 0.8
+    assert caplog.text.count("matched to the model's tensors") == 1
+    assert all(list(m.content["arrays"].keys()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+               for m in grid.sent)  # every round went out, and came back, under the server's names
+
+
+def test_flower_simulation_interop_both_ways(tmp_path):
+    """The two tests above under Flower's Ray simulation (run_simulation, one subprocess for both,
+    stopped with everything it started)."""
+    import signal
+    import subprocess
+    import sys
+
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]),
+           "RAY_DEDUP_LOGS": "0", "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(tests / "flower_sim.py"), str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=420)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray's workers and raylet, if any are left
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, log[-4000:]
+    import quickstart_app
+
+    saved = np.load(tmp_path / "stock_server.npz")
+    net = quickstart_app.Net()
+    net.load_state_dict({k: torch.as_tensor(saved[k]) for k in saved.files})
+    assert list(saved.files) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert quickstart_app.accuracy(net) > 0.8
+    import json
+
+    metrics = json.loads((tmp_path / "bridge_server" / "summary.json").read_text())["metrics"]
+    assert [m["accepted"] for m in metrics] == [4, 4, 4] and metrics[-1]["accuracy_mean"] > 0.8
+
+
 def corrupt(kind):
     """A fault that breaks the node's round-2 reply in one way."""
     def fault(msg, reply):
@@ -187,6 +253,13 @@ def test_received_models_are_checked():
             from_record(to_record(torch.full_like(row, bad), lay), lay)
     with pytest.raises(BadReply, match="do not match"):
         from_record(ArrayRecord([np.zeros(3, np.float32)]), lay)
+    renamed = ArrayRecord({f"layer{i}": a for i, a in enumerate(to_record(row, lay).values())})
+    torch.testing.assert_close(from_record(renamed, lay), row)  # other names: by order and shape
+    swapped = ArrayRecord(dict(reversed(list(to_record(row, lay).items()))))
+    torch.testing.assert_close(from_record(swapped, lay), row)  # our names in another order: by name
+    with pytest.raises(BadReply, match="has shape"):
+        from_record(ArrayRecord({f"layer{i}": a for i, a in enumerate(reversed(list(to_record(row, lay).values())))}),
+                    lay)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -194,15 +267,15 @@ def test_received_models_are_checked():
 ])
 def test_scenarios_the_bridge_would_change_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
-        check_bridged(load(" ".join([*SCENARIO, "protocol=gossip", override])).cfg)
+        check_bridged(load(" ".join([*SCENARIO, "protocol=gossip", override])))
 
 
 def test_run_config_defaults_match_pyproject():
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     app = pyproject["tool"]["flwr"]["app"]
     assert app["config"] == SETTINGS
-    assert app["components"] == {"serverapp": "protocols.flower.server:app",
-                                 "clientapp": "protocols.flower.client:app"}
+    assert app["components"] == {"serverapp": "bridge.server:app",
+                                 "clientapp": "bridge.client:app"}
 
 
 def test_real_deployment_on_loopback(tmp_path):

@@ -74,8 +74,10 @@ def test_handwritten_bmm_path_equals_torch_func(make):
     (g1, l1), (g2, l2) = fast.grad(params, x, y), ref.grad(params, x, y)
     assert torch.allclose(g1, g2, atol=1e-6) and torch.allclose(l1, l2, atol=1e-6)
     X, Y = torch.randn(40, 64), torch.randint(0, 10, (40,))
-    for a, b in zip(fast.evaluate(params, X, Y), ref.evaluate(params, X, Y)):
-        assert torch.allclose(a, b, atol=1e-6)
+    a, b = fast.evaluate(params, X, Y), ref.evaluate(params, X, Y)
+    assert a.keys() == b.keys() == {"accuracy", "loss"}
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6)
 
 
 def test_models_outside_the_linear_relu_chain_use_torch_func():
@@ -161,7 +163,8 @@ def test_batched_evaluation_equals_per_model_forward(make):
     params = init_stack(template, bm.layout, 3, seed=2, independent=True)
     X = torch.randn(50, F)
     y = torch.randint(0, 10, (50,))
-    acc, loss = bm.evaluate(params, X, y, max_elements=60)  # force chunking
+    metrics = bm.evaluate(params, X, y, max_elements=60)  # force chunking
+    acc, loss = metrics["accuracy"], metrics["loss"]
     for i in range(3):
         m = copy.deepcopy(template)
         with torch.no_grad():

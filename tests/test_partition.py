@@ -117,3 +117,13 @@ def test_many_small_nodes():
     y = labels(n=200_000)
     owner = partition(y, 10_000, "dirichlet", np.random.default_rng(0), alpha=1.0)
     assert node_sizes(owner, 10_000).sum() == len(y)
+
+
+def test_multilabel_matrices_split_by_iid_and_quantity_only():
+    Y = (np.random.default_rng(0).random((200, 6)) < 0.3).astype(np.uint8)
+    for scheme in ("iid", "quantity"):
+        owner = partition(Y, 7, scheme, np.random.default_rng(1))
+        assert owner.shape == (200,) and set(owner.tolist()) == set(range(7))
+    for scheme in ("dirichlet", "shards"):
+        with pytest.raises(PartitionError, match=f"partition={scheme} splits by class.*multi-label"):
+            partition(Y, 7, scheme, np.random.default_rng(1))

@@ -23,7 +23,7 @@ def test_gossip_merge_is_beta_self_plus_rest_mean_received():
 
 
 def test_mailbox_sums_by_receiver_and_frees_snapshots():
-    box = Mailbox(3, 2, "cpu")
+    box = Mailbox(3, "cpu")
     sid = box.post(torch.tensor([[1.0, 2.0], [10.0, 20.0]]), n_deliveries=3)
     got = box.deliver(np.array([0, 0, 2]), np.array([sid] * 3), np.array([0, 1, 1]))
     assert got.tolist() == [0, 2]
@@ -33,29 +33,36 @@ def test_mailbox_sums_by_receiver_and_frees_snapshots():
     assert box.count.tolist() == [0, 0, 1] and not box._snaps
 
 
+def test_mailbox_in_models_mode_keeps_every_received_model():
+    box = Mailbox(3, "cpu", mode="models", slots=1)
+    a = box.post(torch.tensor([[1.0, 2.0], [10.0, 20.0]]), n_deliveries=3)
+    box.deliver(np.array([0, 0, 2]), np.array([a] * 3), np.array([0, 1, 1]))  # node 0 gets 2: the buffer grows
+    b = box.post(torch.tensor([[5.0, 5.0]]), n_deliveries=1)
+    box.deliver(np.array([2]), np.array([b]), np.array([0]))
+    models, count = box.take(np.array([0, 2]))
+    assert count.tolist() == [2, 2] and models.shape == (2, 2, 2)
+    assert torch.equal(models[0], torch.tensor([[1.0, 2.0], [10.0, 20.0]]))
+    assert torch.equal(models[1], torch.tensor([[10.0, 20.0], [5.0, 5.0]]))
+    again, _ = box.take(np.array([0]))
+    assert torch.isnan(again).all() and not box._snaps  # emptied
+
+
 def test_fedavg_round_equals_weighted_mean_of_locally_trained_clients():
     """One FedAvg round by hand: every client trains the initial model, the server averages."""
-    from clients.fleet import Fleet
-    from simulator.run import build_model, compose, RunConfig, run
-    from clients.datasets import load_dataset
-    from clients.partition import partition
-    from kernels.random import derive_seed
+    from scenarios import assemble, resolve
+    from simulator import run
 
-    ov = ["nodes=6", "rounds=1", "data.partition=quantity", "train.local_epochs=null",
-          "train.local_steps=2", "sim.progress=false", "eval.every=1"]
-    cfg = RunConfig.from_mapping(compose(ov))
-    res = run(cfg)
-    data = load_dataset("digits", seed=0)
-    owner = partition(data.y_train, 6, "quantity", np.random.default_rng(derive_seed(0, "partition")),
-                      exponent=1.5)
-    torch.manual_seed(derive_seed(0, "torch"))
-    fleet = Fleet(build_model(cfg, data), data.X_train, data.y_train, owner, data.X_test, data.y_test,
-                  np.full(6, 1000.0), cfg.train, 0, independent_init=False)
+    ov = ["nodes=6", "rounds=1", "data.partition=quantity", "train.local_steps=2", "sim.progress=false"]
+    res = run(overrides=ov)
+    world = assemble(resolve(overrides=ov))
+    fleet = world.fleet(independent=False)
     fleet.train(np.arange(6))
-    sizes = np.bincount(owner, minlength=6)
+    sizes = np.bincount(world.owner, minlength=6)
+    assert len(set(sizes.tolist())) > 1  # quantity skew: the weights matter
     expect = (torch.as_tensor(sizes, dtype=torch.float64) @ fleet.params.double()) / sizes.sum()
-    acc, _ = fleet.evaluate(expect.float().unsqueeze(0))
+    acc = world.evaluate(expect.float().unsqueeze(0))["accuracy"]
     assert res.metrics[1]["accuracy_mean"] == pytest.approx(float(acc[0]), abs=1e-6)
+    torch.testing.assert_close(res.final_models[0], expect.float(), atol=1e-6, rtol=0)
 
 
 def test_fedavg_fraction_and_bytes(tiny):
@@ -73,30 +80,18 @@ def test_fedavg_deadline_drops_stragglers(tiny):
     assert res.summary["sim_time_s"] == pytest.approx(0.12)  # two rounds, each cut at the deadline
 
 
-def test_sync_gossip_round_equals_mixing_formula(tiny):
+def test_sync_gossip_round_equals_mixing_formula():
     """One sync gossip round on a ring: x_i <- beta x_i + (1-beta) mean(x_j, j ~ i) after training."""
     import networkx as nx
-    from simulator.run import compose, RunConfig, run
 
-    G = nx.cycle_graph(6)
-    ov = ["nodes=6", "rounds=1", "protocol=gossip", "protocol.beta=0.3", "train.local_epochs=null",
+    from scenarios import assemble, resolve
+    from simulator import run
+
+    ov = ["nodes=6", "rounds=1", "protocol=gossip", "protocol.beta=0.3", "train.local_steps=1",
           "sim.progress=false", "model=logreg"]
-    cfg = RunConfig.from_mapping(compose(ov))
-    captured = {}
-    import protocols.gossip as g
-
-    orig = g.Gossip.merge_nodes
-
-    def spy(self, nodes):
-        captured.setdefault("before", self.fleet.params.clone())
-        orig(self, nodes)
-        captured["after"] = self.fleet.params.clone()
-
-    g.Gossip.merge_nodes = spy
-    try:
-        run(cfg, graph=G)
-    finally:
-        g.Gossip.merge_nodes = orig
-    x = captured["before"]
+    res = run(overrides=ov, graph=nx.cycle_graph(6))
+    fleet = assemble(resolve(overrides=ov), graph=nx.cycle_graph(6)).fleet(independent=True)
+    fleet.train(np.arange(6))
+    x = fleet.params
     expect = torch.stack([0.3 * x[i] + 0.7 * (x[(i - 1) % 6] + x[(i + 1) % 6]) / 2 for i in range(6)])
-    assert torch.allclose(captured["after"], expect, atol=1e-6)
+    assert torch.allclose(res.final_models, expect, atol=1e-6)

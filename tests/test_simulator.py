@@ -58,7 +58,7 @@ def test_outputs_are_written(tiny, tmp_path):
         assert col in rows[0]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final"]["accuracy_mean"] == pytest.approx(res.metrics[-1]["accuracy_mean"])
-    assert summary["config"]["protocol_name"] == "gossip" and summary["seed"] == 0
+    assert summary["config"]["protocol"]["name"] == "gossip" and summary["seed"] == 0
     assert summary["bytes_sent"] == 3 * 10 * 2 * summary["n_parameters"] * 4  # rounds x nodes x deg x bytes
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
@@ -84,7 +84,7 @@ def test_default_run_reaches_90_percent_on_digits():
 
 
 def test_gossip_on_a_ring_learns(tiny):
-    res = tiny(["nodes=20", "rounds=30", "protocol=gossip", "topology=ring", "train.local_epochs=3"])
+    res = tiny(["nodes=20", "rounds=30", "protocol=gossip", "topology=ring", "train.local_steps=null", "train.local_epochs=3"])
     first, last = res.metrics[1], res.metrics[-1]
     assert last["accuracy_mean"] > 0.85 and last["accuracy_mean"] > first["accuracy_mean"] + 0.2
 

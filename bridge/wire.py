@@ -1,6 +1,14 @@
 """How a model travels: a [P] row as an ArrayRecord of named tensors, and the checks every
-model that arrives must pass before it is used."""
+model that arrives must pass before it is used.
+
+Flower apps written without murmuration name their tensors their own way (a quickstart's
+`nn.Sequential` sends `0.weight ... 2.bias` where our MLP says `net.0.weight ...`). A record
+whose names differ from the model's is matched by order and shape instead (logged once per
+naming), and a reply goes back under the names the sender used.
+"""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -8,28 +16,41 @@ from flwr.app import Array, ArrayRecord, Message
 
 from kernels import Layout
 
+log = logging.getLogger("flwr.murmuration")
+_MATCHED_BY_ORDER: set[tuple[str, ...]] = set()  # namings already logged
+
 
 class BadReply(ValueError):
     """A reply (or forwarded model) that must not be used; the message says why, in one line."""
 
 
-def to_record(row: torch.Tensor, layout: Layout) -> ArrayRecord:
-    """One model row as an ArrayRecord keyed by parameter name (a torch state_dict's keys)."""
+def to_record(row: torch.Tensor, layout: Layout, keys: list[str] | None = None) -> ArrayRecord:
+    """One model row as an ArrayRecord keyed by parameter name (a torch state_dict's keys), or
+    by `keys` (the names a sender used, in the layout's order)."""
     views = layout.unflatten(row.detach().to("cpu", torch.float32))
-    return ArrayRecord({name: Array(np.ascontiguousarray(v.numpy())) for name, v in views.items()})
+    names = list(keys) if keys is not None else list(layout.names)
+    return ArrayRecord({name: Array(np.ascontiguousarray(v.numpy())) for name, v in zip(names, views.values())})
+
+
+def record_keys(record: ArrayRecord, layout: Layout) -> list[str]:
+    """The record's keys in the layout's order: by name when the names are the model's, else
+    in the record's own order (a sender that names its tensors its own way)."""
+    keys = list(record.keys())
+    if set(keys) == set(layout.names):
+        return list(layout.names)
+    if len(keys) != layout.n_tensors:
+        raise BadReply(f"arrays {keys} do not match the model's {layout.n_tensors} tensors {list(layout.names)}")
+    if tuple(keys) not in _MATCHED_BY_ORDER and keys != [str(i) for i in range(layout.n_tensors)]:
+        _MATCHED_BY_ORDER.add(tuple(keys))
+        log.info("arrays named %s matched to the model's tensors %s by order and shape", keys, list(layout.names))
+    return keys
 
 
 def from_record(record: ArrayRecord, layout: Layout) -> torch.Tensor:
-    """The [P] float32 row in `record`, keyed by parameter name, or by position ("0", "1", ...,
-    what `ArrayRecord(list_of_ndarrays)` gives) in the layout's order. Raises BadReply on other
-    keys, a wrong shape or a value that is NaN or infinite."""
-    keys = list(record.keys())
-    if set(keys) == set(layout.names):
-        arrays = [record[name] for name in layout.names]
-    elif keys == [str(i) for i in range(layout.n_tensors)]:
-        arrays = [record[k] for k in keys]
-    else:
-        raise BadReply(f"arrays {keys} do not match the model's tensors {list(layout.names)}")
+    """The [P] float32 row in `record`: keyed by parameter name, or else by order and shape (the
+    layout's order; e.g. "0", "1", ..., what `ArrayRecord(list_of_ndarrays)` gives, or another
+    app's names). Raises BadReply on a wrong count or shape or a value that is NaN or infinite."""
+    arrays = [record[k] for k in record_keys(record, layout)]
     parts = []
     for name, shape, array in zip(layout.names, layout.shapes, arrays):
         try:

@@ -1,6 +1,6 @@
 """Try the bridge on one machine: a SuperLink and K SuperNodes on loopback, one `flwr run`.
 
-    python -m protocols.flower.launch --nodes 3 -- protocol=gossip topology=ring rounds=2
+    python -m bridge.launch --nodes 3 -- protocol=gossip topology=ring rounds=2
 
 starts `flower-superlink` on 127.0.0.1:18000 and K `flower-supernode`s with partition ids
 0..K-1, runs this checkout's Flower App with the scenario overrides after `--` (`nodes=K`
@@ -35,7 +35,7 @@ HOST = "127.0.0.1"            # loopback only
 SUPERLINK_PORT = 18000        # the SuperLink serves every API (Fleet, Control, health) on one port
 SUPERNODE_PORT = 19090        # SuperNode i's own runtime API: SUPERNODE_PORT + i
 CONNECTION = "local"          # the connection's name in FLWR_HOME/config.toml
-APP_DIR = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml's [tool.flwr.app]
+APP_DIR = Path(__file__).resolve().parents[1]  # the checkout: pyproject.toml's [tool.flwr.app]
 BIN = Path(sys.executable).parent              # the flwr commands of this environment
 ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -204,10 +204,10 @@ def _signal_group(p: subprocess.Popen, sig: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m protocols.flower.launch",
+    ap = argparse.ArgumentParser(prog="python -m bridge.launch",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                 epilog="example: python -m protocols.flower.launch --nodes 3 -- "
+                                 epilog="example: python -m bridge.launch --nodes 3 -- "
                                         "protocol=gossip topology=ring rounds=2")
     ap.add_argument("--nodes", type=int, default=3, help="SuperNodes to start (partition ids 0..K-1)")
     ap.add_argument("--port", type=int, default=SUPERLINK_PORT, help="the SuperLink's port")

@@ -1,11 +1,13 @@
-"""The relay: gossip-style protocols on Flower, which has no client-to-client channel.
+"""The relay: protocols with a per-node merge rule on Flower, which has no client-to-client
+channel.
 
 The ServerApp holds the scenario's topology and stands in for its links:
 
 1. discovery: every node answers `query.identify` with its partition id, which is its vertex;
 2. rounds r = 1..R: each vertex gets one `train.gossip` message carrying its neighbours' latest
    trained models (ArrayRecords `from-<v>`; none in round 1). The node merges them into its own
-   model, kept in `context.state`, with its protocol's rule (`MERGES`), trains, and replies with
+   model, kept in `context.state`, with its protocol's rule (Protocol.merge_received: the
+   `message` and `merge` the simulator applies), trains, and replies with
    the trained model, which the relay forwards next round;
 3. one last merge-only message: the nodes merge round R's models and reply with the result.
 
@@ -21,46 +23,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from bridge.scenario import Scenario
+from bridge.wire import BadReply, read_reply, to_record
 from kernels import consensus_distance
-from kernels.stack import Layout
-from kernels.variance import segment_indicator, segment_moments
-from protocols import gossip, vc_gossip
-from protocols.flower.scenario import Scenario
-from protocols.flower.wire import BadReply, read_reply, to_record
 
 log = logging.getLogger("flwr.murmuration")  # a child of Flower's logger: its console, its log stream
 
 IDENTIFY = "query.identify"
 GOSSIP = "train.gossip"
 POLL_S = 0.25  # how often the relay asks for replies (Grid.send_and_receive waits 3 s between asks)
-
-
-def _gossip_merge(cfg, own: torch.Tensor, received: torch.Tensor, layout: Layout) -> torch.Tensor:
-    return gossip.merge(own, received.sum(0, keepdim=True), torch.tensor([len(received)]), cfg.beta)
-
-
-def _vc_gossip_merge(cfg, own: torch.Tensor, received: torch.Tensor, layout: Layout) -> torch.Tensor:
-    indicator = segment_indicator(layout.sizes)
-    corrected = vc_gossip.corrected_tensors(layout, cfg.correct_biases)
-    unbiased = cfg.estimator == "unbiased"
-    _, var = segment_moments(received, indicator, unbiased=unbiased)
-    return vc_gossip.vc_merge(own, received.sum(0, keepdim=True), var.sum(0, keepdim=True),
-                              torch.tensor([len(received)]), cfg.beta, indicator, corrected,
-                              eps=cfg.eps, unbiased=unbiased)
-
-
-# How a node merges the k models it received ([k, P]) into its own ([1, P]), per protocol; a
-# protocol listed here runs through the relay (its config is the scenario's `protocol` section).
-MERGES: dict[str, Callable] = {
-    "gossip": _gossip_merge,
-    "vc_gossip": _vc_gossip_merge,
-}
 
 
 @dataclass
@@ -162,9 +138,8 @@ class Relay:
                "wall_time_s": time.perf_counter() - self.t0}
         if models:
             stack = torch.stack([models[v] for v in sorted(models)])
-            acc, loss = self.sc.evaluate(stack)
-            row.update(accuracy_mean=float(acc.mean()), accuracy_min=float(acc.min()),
-                       loss_mean=float(loss.mean()), consensus_distance=consensus_distance(stack))
+            row.update(self.sc.world.task.columns(self.sc.evaluate(stack)),
+                       consensus_distance=consensus_distance(stack))
         log.info("relay round %d%s: %s", r, " (merge only)" if merge_only else "",
                  {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row

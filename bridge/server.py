@@ -1,8 +1,8 @@
 """The bridge's ServerApp: the scenario's protocol on the SuperNodes of this SuperLink.
 
 `fedavg` runs under Flower's own FedAvg strategy (`ScenarioFedAvg`: every reply checked on its
-own, the survivors averaged with the simulator's rule); the protocols in `relay.MERGES` run
-through the relay. The server evaluates the models it holds on the held-out test set each round
+own, the survivors averaged with the simulator's rule); every protocol that declares a per-node
+merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay. The server evaluates the models it holds on the held-out test set each round
 and, when `out-dir` is set, writes `models.npz` (the final models, one row per vertex, or the
 global model) and `summary.json` (settings and per-round metrics) there.
 """
@@ -21,11 +21,11 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from bridge.relay import Relay
+from bridge.scenario import Scenario, load, settings
+from bridge.wire import BadReply, from_record, read_reply, to_record
 from protocols import fedavg
-from protocols.flower.relay import MERGES, Relay
-from protocols.flower.scenario import Scenario, load, settings
-from protocols.flower.wire import BadReply, from_record, read_reply, to_record
-from simulator.config import ConfigError, RunConfig
+from scenarios import ConfigError
 
 log = logging.getLogger("flwr.murmuration")
 
@@ -82,16 +82,20 @@ class ScenarioFedAvg(FedAvg):
         return to_record(model.float(), self.sc.layout), metrics
 
 
-def check_bridged(cfg: RunConfig) -> None:
+def check_bridged(sc: Scenario) -> None:
     """Refuse scenarios the bridge would run differently from the simulator."""
-    name = cfg.protocol_name
-    if name != "fedavg" and name not in MERGES:
-        raise ConfigError(f"protocol={name} has no Flower bridge yet; bridged: fedavg, {', '.join(MERGES)}")
-    if getattr(cfg.protocol, "mode", "sync") != "sync":
-        raise ConfigError("the bridge runs gossip in synchronous rounds; use protocol.mode=sync")
-    if getattr(cfg.protocol, "deadline", None) is not None:
-        log.warning("protocol.deadline is simulated time and is ignored; the bridge waits "
-                    "round-timeout wall seconds for replies")
+    proto = sc.protocol
+    if isinstance(proto, fedavg.FedAvg):
+        if proto.cfg.deadline is not None:
+            log.warning("protocol.deadline is simulated time and is ignored; the bridge waits "
+                        "round-timeout wall seconds for replies")
+        return
+    if proto.merge is None:
+        raise ConfigError(f"protocol={proto.cfg.name} has no Flower bridge: it is not fedavg and declares "
+                          "no per-node merge rule (Protocol.merge)")
+    problem = proto.relay_problem()
+    if problem:
+        raise ConfigError(problem)
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
@@ -111,16 +115,16 @@ def serve(grid: Grid, s: Mapping[str, Any]) -> BridgeResult:
     """Run the scenario named by settings `s` (see scenario.SETTINGS) on the grid's nodes."""
     sc = load(s["overrides"])
     cfg = sc.cfg
-    check_bridged(cfg)
+    check_bridged(sc)
     node_ids = wait_for_nodes(grid, cfg.nodes, float(s["connect-timeout"]))
     timeout = float(s["round-timeout"])
-    if cfg.protocol_name in MERGES:
+    if not isinstance(sc.protocol, fedavg.FedAvg):
         relay = Relay(grid, sc, timeout)
         relay.discover(node_ids)
         res = relay.run(cfg.rounds)
         vertices = sorted(res.models)
         models = torch.stack([res.models[v] for v in vertices]) if vertices else torch.empty(0, sc.layout.size)
-        return BridgeResult(cfg.protocol_name, models, vertices, res.metrics)
+        return BridgeResult(cfg.protocol.name, models, vertices, res.metrics)
     return _fedavg(grid, sc, node_ids, timeout)
 
 
@@ -131,8 +135,8 @@ def _fedavg(grid: Grid, sc: Scenario, node_ids: list[int], timeout: float) -> Br
                               min_train_nodes=k, min_available_nodes=len(node_ids))
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        acc, loss = sc.evaluate(from_record(arrays, sc.layout).view(1, -1))
-        return MetricRecord({"accuracy_mean": float(acc[0]), "loss_mean": float(loss[0]),
+        metrics = sc.evaluate(from_record(arrays, sc.layout).view(1, -1))
+        return MetricRecord({**{f"{k}_mean": float(v[0]) for k, v in metrics.items()},
                              "wall_time_s": time.perf_counter() - t0})
 
     initial = to_record(sc.initial_row(0), sc.layout)

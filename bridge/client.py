@@ -6,11 +6,12 @@ local step counter (the position in its minibatch stream) and, for relayed proto
 model and optimizer momentum.
 
     query.identify  reply {"identity": {"partition-id": i}} (relay discovery)
-    train           FedAvg in Flower's convention: "arrays" in; "arrays" and a MetricRecord
-                    with "num-examples" out, so it also trains under Flower's own strategies
-    train.gossip    a relay round: merge the "from-<v>" models into the own model, train
-                    (unless config "merge-only"), reply with "arrays"
-    evaluate        accuracy and loss of "arrays" on the held-out test set (as the simulator)
+    train           FedAvg in Flower's convention: "arrays" in; "arrays" (under the names the
+                    server used) and a MetricRecord with "num-examples" out, so it also trains
+                    under Flower's own strategies and their servers' tensor names
+    train.gossip    a relay round: merge the "from-<v>" models into the own model with the
+                    protocol's merge rule, train (unless config "merge-only"), reply "arrays"
+    evaluate        the task's metrics of "arrays" on the held-out test set (as the simulator)
 """
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from protocols.flower.relay import MERGES
-from protocols.flower.scenario import Scenario, load, settings
-from protocols.flower.wire import from_record, to_record
-from simulator.config import ConfigError
+from bridge.scenario import Scenario, load, settings
+from bridge.wire import from_record, record_keys, to_record
+from scenarios import ConfigError
 
 
 def _steps(context: Context) -> int:
@@ -31,8 +31,8 @@ def _steps(context: Context) -> int:
     return int(node["steps"]) if node is not None else 0
 
 
-def _reply(msg: Message, row: torch.Tensor, sc: Scenario, metrics: dict) -> Message:
-    return Message(RecordDict({"arrays": to_record(row, sc.layout), "metrics": MetricRecord(metrics)}),
+def _reply(msg: Message, row: torch.Tensor, sc: Scenario, metrics: dict, keys=None) -> Message:
+    return Message(RecordDict({"arrays": to_record(row, sc.layout, keys), "metrics": MetricRecord(metrics)}),
                    reply_to=msg)
 
 
@@ -53,25 +53,25 @@ def client_app(fixed: Mapping[str, Any] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         sc, pid = node(context)
-        row = from_record(msg.content.array_records["arrays"], sc.layout)
+        record = msg.content.array_records["arrays"]
+        row = from_record(record, sc.layout)
         # a FedAvg client's optimizer lives for one round: momentum starts at zero (as the simulator)
         row, _, steps, loss, n = sc.train(pid, row, torch.zeros_like(row), _steps(context))
         context.state["node"] = ConfigRecord({"steps": steps})
-        return _reply(msg, row, sc, {"num-examples": n, "train-loss": loss})
+        return _reply(msg, row, sc, {"num-examples": n, "train-loss": loss}, record_keys(record, sc.layout))
 
     @app.train("gossip")
     def gossip_round(msg: Message, context: Context) -> Message:
         sc, pid = node(context)
-        if sc.cfg.protocol_name not in MERGES:
-            raise ConfigError(f"protocol={sc.cfg.protocol_name} does not gossip; relayed: {', '.join(MERGES)}")
-        merge = MERGES[sc.cfg.protocol_name]
+        if sc.protocol.merge is None:
+            raise ConfigError(f"protocol={sc.cfg.protocol.name} has no per-node merge rule to relay")
         state = context.state.array_records
         row = from_record(state["model"], sc.layout) if "model" in state else sc.initial_row(pid)
         mom = from_record(state["momentum"], sc.layout) if "momentum" in state else torch.zeros_like(row)
         received = [from_record(rec, sc.layout) for key, rec in msg.content.array_records.items()
                     if key.startswith("from-")]
         if received:
-            row = merge(sc.cfg.protocol, row.view(1, -1), torch.stack(received), sc.layout)[0]
+            row = sc.protocol.merge_received(row, torch.stack(received))
             if sc.cfg.train.reset_momentum:
                 mom = torch.zeros_like(mom)
         steps, metrics = _steps(context), {}
@@ -86,10 +86,9 @@ def client_app(fixed: Mapping[str, Any] | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         sc, _ = node(context)
         row = from_record(msg.content.array_records["arrays"], sc.layout)
-        acc, loss = sc.evaluate(row.view(1, -1))
-        n = min(len(sc.data.y_test), sc.cfg.eval.max_test)
-        return Message(RecordDict({"metrics": MetricRecord(
-            {"accuracy": float(acc[0]), "loss": float(loss[0]), "num-examples": n})}), reply_to=msg)
+        metrics = {k: float(v[0]) for k, v in sc.evaluate(row.view(1, -1)).items()}
+        n = min(len(sc.world.data.y_test), sc.cfg.eval.max_test)
+        return Message(RecordDict({"metrics": MetricRecord({**metrics, "num-examples": n})}), reply_to=msg)
 
     return app
 

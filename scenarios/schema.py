@@ -1,0 +1,372 @@
+"""The typed scenario config: one schema, one source of defaults, three entry points.
+
+The dataclasses below ARE the schema: their fields are the keys, their types are checked by
+OmegaConf as values arrive, their defaults are the only defaults, and `__post_init__` checks
+what a type cannot (ranges, choices). Hydra's ConfigStore holds them: `schema` (RunConfig) and
+one option per choice of the groups protocol, topology, data and model. `config.yaml` only
+picks the default group options and Hydra's own settings; experiment files hold what differs.
+
+`resolve` turns any of `run({"nodes": 5})`, `run(overrides=["nodes=5"])` and the config that
+`murmur nodes=5` composes into the same RunConfig. Every bad value, unknown key or unknown
+choice becomes a ConfigError whose message is one line naming the key and what is allowed.
+
+A group option may be an import path: `protocol=my_rules.MedianGossip` (a Protocol subclass)
+or `model=my_nets.Net` (an nn.Module class) is imported and joins the group on the fly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+import protocols
+from clients.datasets import DATASETS
+from clients.nodes import TrainConfig
+from clients.partition import PARTITIONERS
+from clients.profiles import Distribution
+from protocols.registry import ProtocolError, import_object
+from topologies import TOPOLOGIES
+
+SCENARIOS = Path(__file__).resolve().parent  # config.yaml, experiment/, arm/
+MODELS = ("logreg", "mlp", "cnn", "lenet")
+GROUPS = ("protocol", "topology", "data", "model")  # chosen with group=option
+
+
+class ConfigError(ValueError):
+    """A bad configuration value (one line: the key, the value, what is allowed)."""
+
+
+def _choice(value, choices, key):
+    if value not in choices:
+        raise ValueError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _distribution(spec, key: str) -> Distribution:
+    try:
+        return Distribution.from_spec(spec)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
+
+
+@dataclass
+class TopologyConfig:
+    name: str = "random_regular"
+    degree: int = 8            # random_regular
+    p: float = 0.1             # erdos_renyi, small_world
+    k: int = 4                 # small_world
+    m: int = 2                 # scale_free
+    path: Optional[str] = None  # edgelist: a file of 'u v' lines
+    allow_disconnected: bool = False
+    latency: Any = 0.01        # seconds: a number or a distribution mapping
+    bandwidth: Any = 1.0e6     # bytes/s: a number or a distribution mapping
+
+    def __post_init__(self):
+        _choice(self.name, TOPOLOGIES, "topology")
+        _distribution(self.latency, "topology.latency")
+        _distribution(self.bandwidth, "topology.bandwidth")
+
+
+@dataclass
+class DataConfig:
+    """What every dataset takes; each dataset's own options are the fields of its subclass."""
+    name: str = "digits"
+    partition: str = "iid"        # iid | dirichlet | shards | quantity
+    alpha: float = 0.5            # dirichlet concentration (smaller = more label skew)
+    classes_per_node: int = 2     # shards
+    exponent: float = 1.5         # quantity: power-law exponent of node sizes
+    validation: float = 0.0       # share of each node's rows held out as its fixed validation split
+    stream_rate: Any = None       # rows per simulated second reaching each node (null: all at t=0)
+
+    def __post_init__(self):
+        _choice(self.partition, PARTITIONERS, "data.partition")
+        if not 0 <= self.validation < 1:
+            raise ValueError(f"data.validation must be in [0, 1), got {self.validation}")
+        if self.stream_rate is not None:
+            rate = _distribution(self.stream_rate, "data.stream_rate")
+            if not rate.always_positive:
+                raise ValueError("data.stream_rate must be > 0 rows/s for every node")
+
+    def options(self) -> dict:
+        """The loader's own options (the subclass's fields)."""
+        base = {f.name for f in fields(DataConfig)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in base}
+
+
+@dataclass
+class DigitsData(DataConfig):
+    """scikit-learn's digits (8x8 images, 10 classes): 1,437 train / 360 test samples."""
+    test_fraction: float = 0.2
+
+
+@dataclass
+class SyntheticData(DataConfig):
+    """make_classification-style data, sizes configurable (up to 10^6 samples)."""
+    n_samples: int = 10_000
+    n_features: int = 64
+    n_classes: int = 10
+    n_informative: Optional[int] = None
+    test_fraction: float = 0.2
+    class_sep: float = 1.0
+
+
+@dataclass
+class SyntheticMultilabelData(DataConfig):
+    """make_multilabel_classification: a small multi-label dataset (task multilabel)."""
+    n_samples: int = 2000
+    n_features: int = 32
+    n_labels: int = 8
+    mean_labels: int = 2
+    test_fraction: float = 0.2
+
+
+@dataclass
+class NpzData(DataConfig):
+    """A user file with arrays X_train, y_train, X_test, y_test."""
+    path: str = MISSING
+
+
+DATA = {"digits": DigitsData, "synthetic": SyntheticData, "synthetic_multilabel": SyntheticMultilabelData,
+        "npz": NpzData}
+assert tuple(DATA) == DATASETS, "every dataset needs its config dataclass"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"        # logreg | mlp | cnn | lenet | an import path module.Class
+    hidden: List[int] = field(default_factory=lambda: [32])    # mlp widths
+    channels: List[int] = field(default_factory=lambda: [8, 16])  # cnn
+    kwargs: Dict[str, Any] = field(default_factory=dict)      # a user class's constructor arguments
+
+    def __post_init__(self):
+        if self.name not in MODELS and "." not in self.name:
+            raise ValueError(f"unknown model {self.name!r}; choose one of: {', '.join(MODELS)} "
+                             "(or module.Class for a torch module of your own)")
+        if any(w < 1 for w in [*self.hidden, *self.channels]):
+            raise ValueError("model widths (model.hidden, model.channels) must be >= 1")
+
+
+@dataclass
+class TaskConfig:
+    """The task itself (multiclass or multilabel) follows from the data's labels."""
+    prequential: bool = False  # test-then-train: each row is first predicted when it reaches its node
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1            # evaluate every k rounds (and always after the last)
+    max_nodes: int = 1000     # evaluate a fixed seeded sample of this many nodes when N is larger
+    max_test: int = 2000      # use the first max_test test samples (the test split is shuffled)
+
+    def __post_init__(self):
+        for k in ("every", "max_nodes", "max_test"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"eval.{k} must be >= 1, got {getattr(self, k)}")
+
+
+@dataclass
+class SimConfig:
+    batching: bool = True     # all events of one kind at one instant -> one kernel call
+    resolution: float = 0.0   # > 0: round event times up to multiples of this (a tick clock)
+    progress: bool = True
+    record_events: bool = False
+
+    def __post_init__(self):
+        if not 0 <= self.resolution < math.inf:
+            raise ValueError(f"sim.resolution must be a finite number >= 0, got {self.resolution}")
+
+
+@dataclass
+class RunConfig:
+    protocol: Any = MISSING    # the protocol's own config dataclass (a ProtocolConfig)
+    topology: Any = MISSING    # TopologyConfig
+    data: Any = MISSING        # a DataConfig subclass
+    model: Any = MISSING       # ModelConfig
+    nodes: int = 100
+    rounds: int = 30
+    seed: int = 0
+    device: str = "cpu"        # cpu | cuda (cuda:K)
+    speed: Any = 1000.0        # samples/s per node: a number (.inf: no time) or a distribution
+    label: str = ""            # a name for the run (an experiment's arm); shown in outputs
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+
+    def __post_init__(self):
+        for key, low in (("nodes", 1), ("rounds", 1), ("seed", 0)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda")
+        if not _distribution(self.speed, "speed").always_positive:
+            raise ValueError("speed must be > 0 samples/s for every node (check speed.value or speed.low)")
+
+
+# the ConfigStore: the schema and every group option
+def _store():
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=RunConfig)
+    for name in TOPOLOGIES:
+        cs.store(group="topology", name=name, node=TopologyConfig(name=name))
+    for name, cls in DATA.items():
+        cs.store(group="data", name=name, node=cls(name=name))
+    for name in MODELS:
+        cs.store(group="model", name=name, node=ModelConfig(name=name))
+    return cs
+
+
+_CS = _store()
+_STORED: dict[str, set] = {"protocol": set(), "model": set(MODELS)}
+
+
+def options(group: str) -> list[str]:
+    """The named options of a group (import paths may be added on the fly)."""
+    if group == "protocol":
+        return protocols.names()
+    return {"topology": list(TOPOLOGIES), "data": list(DATA), "model": list(MODELS)}[group]
+
+
+def ensure_option(group: str, value: str) -> None:
+    """Make `group=value` composable: a registered protocol, or an import path (a Protocol or
+    an nn.Module class) imported now and stored as an option. Raises ConfigError."""
+    if group not in _STORED or value in _STORED[group]:
+        if group in ("topology", "data") and value not in options(group):
+            raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(options(group))}")
+        return
+    try:
+        if group == "protocol":
+            node = protocols.get(value).config(name=value)
+        else:
+            from torch import nn
+            if "." not in value:
+                raise ProtocolError(f"unknown model {value!r}; choose one of: {', '.join(MODELS)} "
+                                    "(or module.Class for a torch module of your own)")
+            cls = import_object(value, "model")
+            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+                raise ProtocolError(f"model {value!r} is not a torch.nn.Module class")
+            node = ModelConfig(name=value)
+    except (ProtocolError, ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    _CS.store(group=group, name=value, node=node)
+    _STORED[group].add(value)
+
+
+def group_choices(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """(group, option) for every group choice in the overrides, sweep values included."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = []
+    for o in overrides:
+        try:
+            parsed += parser.parse_overrides([o])
+        except Exception as err:  # Hydra's grammar error: its first line says what is wrong
+            raise ConfigError(f"cannot read the override {o!r}: {str(err).splitlines()[0]}") from None
+    out = []
+    for o in parsed:
+        group = o.key_or_group.lstrip("+~/")
+        if group in GROUPS and o.package is None and not o.is_delete():
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            out += [(group, v) for v in values]
+    return out
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The scenario config with Hydra overrides applied (struct mode: unknown keys fail)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    overrides = list(overrides)
+    for group, value in group_choices(overrides):
+        ensure_option(group, value)
+    for name in protocols.names():  # protocols registered since the last compose
+        ensure_option("protocol", name)
+    try:
+        with initialize_config_dir(config_dir=str(SCENARIOS), version_base=None):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(explain(err, overrides)) from None
+
+
+def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:
+    """One line from Hydra's or OmegaConf's (multi-line) error: the key and what is allowed."""
+    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                                  OmegaConfBaseException)
+
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, MissingMandatoryValue) and key:
+        return f"{key} is required: set it on the command line, e.g. {key}=..."
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+        parent, _, _ = str(key).rpartition(".")
+        valid = _valid_keys(parent, [o for o in overrides if not o.lstrip("+~").startswith(str(key))])
+        where = f" of {parent}" if parent else ""
+        return f"unknown key {key!r}; valid keys{where}: {', '.join(valid)}"
+    text = str(cause).splitlines()[0].strip() if str(cause).strip() else type(cause).__name__
+    if "Could not find" in text and "/" in text:  # an unknown group option
+        group, _, value = text.split("'")[1].partition("/")
+        if group in GROUPS:
+            return f"unknown {group} {value!r}; choose one of: {', '.join(options(group))}"
+    return f"{key}: {text}" if key else text
+
+
+def _valid_keys(parent: str, overrides: Sequence[str]) -> list[str]:
+    try:
+        cfg = compose(overrides)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return sorted(str(k) for k in node.keys() if k != "name" or not parent)
+    except Exception:
+        return []
+
+
+def _to_object(cfg: DictConfig) -> RunConfig:
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        out = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(explain(err)) from None
+    except (ValueError, TypeError) as err:  # a __post_init__ check: its message names the key
+        raise ConfigError(str(err).splitlines()[0]) from None
+    if not isinstance(out, RunConfig):
+        raise ConfigError("the config is not a murmuration scenario")
+    return out
+
+
+def resolve(config: Mapping[str, Any] | DictConfig | RunConfig | None = None,
+            overrides: Sequence[str] = ()) -> RunConfig:
+    """The typed RunConfig for Hydra overrides and/or a mapping merged on top of them (any part
+    of a config: what it leaves out keeps its default; a group given by name,
+    {"protocol": "gossip"}, or by its `name` key); or an already composed DictConfig (what
+    `murmur` passes)."""
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, DictConfig) and not overrides:
+        cfg = config.copy()
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        return _to_object(cfg)
+    mapping: dict = {}
+    choices: list[str] = []
+    if config is not None:
+        mapping = {k: v for k, v in (OmegaConf.to_container(config) if isinstance(config, DictConfig)
+                                     else dict(config)).items() if k != "hydra"}
+        for group in GROUPS:
+            value = mapping.get(group)
+            if isinstance(value, str):
+                choices.append(f"{group}={mapping.pop(group)}")
+            elif isinstance(value, Mapping) and value.get("name"):
+                choices.append(f"{group}={value['name']}")
+    cfg = compose(choices + list(overrides))
+    if mapping:
+        try:
+            cfg = OmegaConf.merge(cfg, mapping)
+        except Exception as err:
+            raise ConfigError(explain(err, choices)) from None
+    return _to_object(cfg)

@@ -1,0 +1,221 @@
+"""The one assembly: a resolved RunConfig -> the World both engines run.
+
+The World is everything a scenario fixes before any event happens: the data and its owners
+(plus each node's fixed validation split and, for a stream, arrival rates), the graph with its
+link attributes, each client's link to a server, compute speeds, the model template and the
+task. The simulator and the Flower bridge build it with the same code and the same seeds, so
+node i is the same node in both. Protocols build their state from it.
+
+Every random choice is drawn from its own named stream of the run's seed (kernels.random
+.derive_seed), so adding a stream never shifts another.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import nn
+
+import protocols
+from clients.datasets import DataError, Dataset, load_dataset
+from clients.fleet import Fleet
+from clients.nodes import NodeData
+from clients.partition import partition
+from clients.profiles import Distribution, compute_speeds
+from kernels import MLP, BatchedModel, LeNet, LogisticRegression, SmallCNN, init_stack
+from kernels.random import derive_seed
+from protocols.registry import ProtocolError, import_object
+from scenarios.schema import ConfigError, RunConfig
+from topologies import attach_links, build_graph, check_graph, edge_arrays
+
+
+def rng(seed: int, name: str) -> np.random.Generator:
+    """The run's named random stream."""
+    return np.random.default_rng(derive_seed(seed, name))
+
+
+@dataclass(eq=False)
+class World:
+    cfg: RunConfig
+    data: Dataset
+    owner: np.ndarray             # owner[k]: the node training on row k of data.X_train (-1: none)
+    val_owner: np.ndarray | None  # val_owner[k]: the node whose validation split holds row k (-1: none)
+    graph: nx.Graph               # the topology (no edges for star protocols: they use the server links)
+    topology_name: str            # as the summary names it ("server" for star protocols)
+    server_latency: np.ndarray    # [N] seconds, each client's link to a server
+    server_bandwidth: np.ndarray  # [N] bytes/s
+    speeds: np.ndarray            # [N] samples/s
+    stream_rates: np.ndarray | None  # [N] rows/s reaching each node (None: all rows at t = 0)
+    model: BatchedModel           # the template, its row layout and the task
+    protocol_class: type
+
+    @property
+    def n(self) -> int:
+        return self.cfg.nodes
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.device)
+
+    @property
+    def layout(self):
+        return self.model.layout
+
+    @property
+    def task(self):
+        return self.model.task
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of one model on the wire (float32 parameters)."""
+        return self.layout.size * 4
+
+    @cached_property
+    def edges(self) -> dict[str, np.ndarray]:
+        """The graph as sorted directed edge arrays (topologies.edge_arrays)."""
+        return edge_arrays(self.graph)
+
+    def protocol(self):
+        """The scenario's protocol, built from its config and this world (no engine yet)."""
+        return self.protocol_class(self.cfg.protocol, self)
+
+    def initial_models(self, independent: bool) -> torch.Tensor:
+        """[N, P] first models: one random draw per node, or one shared draw."""
+        return init_stack(self.model.module, self.layout, self.n, derive_seed(self.seed, "init"),
+                          independent=independent, device=self.device)
+
+    def initial_row(self, node: int, independent: bool) -> torch.Tensor:
+        """Row `node` of initial_models(independent) [P], without drawing the others."""
+        rows = node + 1 if independent else 1  # row i of init_stack does not depend on N
+        return init_stack(self.model.module, self.layout, rows, derive_seed(self.seed, "init"),
+                          independent=independent, device=self.device)[-1]
+
+    def node_data(self, only=None) -> NodeData:
+        """The nodes' data on the device, ready for batched training (`only`: these nodes)."""
+        return NodeData(self.model, self.data.X_train, self.data.y_train, self.owner, self.n, self.speeds,
+                        self.cfg.train, self.seed, val_owner=self.val_owner, stream_rates=self.stream_rates,
+                        only=only, device=self.device)
+
+    def fleet(self, independent: bool) -> Fleet:
+        """The default protocol state: one model per node."""
+        return Fleet(self.node_data(), self.initial_models(independent), prequential=self.cfg.task.prequential)
+
+    @cached_property
+    def _test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.cfg.eval.max_test
+        return (torch.as_tensor(self.data.X_test[:m], dtype=torch.float32, device=self.device),
+                torch.as_tensor(self.data.y_test[:m], dtype=self.task.label_dtype, device=self.device))
+
+    def evaluate(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every model row [k, P] on the held-out test set (its first eval.max_test rows):
+        the task's metrics, {metric: [k]}."""
+        return self.model.evaluate(rows, *self._test)
+
+
+def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
+    """The model template the config names, sized for the data."""
+    m = cfg.model
+    if "." in m.name:
+        return _user_model(m.name, m.kwargs, data)
+    if m.name in ("cnn", "lenet") and data.image_shape is None:
+        raise ConfigError(f"model={m.name} needs image data; data={cfg.data.name} is tabular (use model=mlp)")
+    if m.name == "logreg":
+        return LogisticRegression(data.n_features, data.n_classes)
+    if m.name == "mlp":
+        return MLP(data.n_features, data.n_classes, tuple(m.hidden))
+    if m.name == "cnn":
+        return SmallCNN(data.image_shape, data.n_classes, tuple(m.channels))
+    if min(data.image_shape[1:]) < 16:
+        raise ConfigError(f"model=lenet needs images of at least 16x16; got {data.image_shape} (use model=cnn)")
+    return LeNet(data.image_shape, data.n_classes)
+
+
+def _user_model(path: str, kwargs: dict, data: Dataset) -> nn.Module:
+    """A user's nn.Module class, given model.kwargs plus whichever of n_features, n_classes and
+    image_shape its constructor takes."""
+    try:
+        cls = import_object(path, "model")
+    except ProtocolError as err:
+        raise ConfigError(str(err)) from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"model {path!r} is not a torch.nn.Module class")
+    known = {"n_features": data.n_features, "n_classes": data.n_classes, "image_shape": data.image_shape}
+    params = inspect.signature(cls).parameters
+    args = {k: v for k, v in known.items() if k in params and k not in kwargs}
+    try:
+        return cls(**args, **dict(kwargs))
+    except TypeError as err:
+        raise ConfigError(f"model {path!r} could not be built with {sorted({**args, **kwargs})}: {err}; "
+                          "set its arguments in model.kwargs") from None
+
+
+def _validation_split(owner: np.ndarray, n: int, share: float, generator: np.random.Generator):
+    """Hold out floor(share * n_i) rows of each node i (at least one row stays for training):
+    returns (training owner, validation owner), -1 where a row is not in that part."""
+    sizes = np.bincount(owner, minlength=n)
+    held = np.minimum(np.floor(share * sizes).astype(np.int64), np.maximum(sizes - 1, 0))
+    order = np.lexsort((generator.random(len(owner)), owner))  # by node, in random order within it
+    rank = np.empty(len(owner), np.int64)
+    rank[order] = np.arange(len(owner)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    in_val = rank < held[owner]
+    return np.where(in_val, -1, owner), np.where(in_val, owner, -1)
+
+
+def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module | None = None) -> World:
+    """The World of a resolved config; `graph` (networkx) and `model` (an nn.Module template)
+    replace the ones the config names."""
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but no CUDA GPU is available; use device=cpu")
+    try:
+        proto = protocols.get(cfg.protocol.name)
+    except ProtocolError as err:
+        raise ConfigError(str(err)) from None
+    torch.manual_seed(derive_seed(cfg.seed, "torch"))  # what a template draws at construction
+    d = cfg.data
+    data = load_dataset(d.name, seed=cfg.seed, **d.options())
+    owner = partition(data.y_train, cfg.nodes, d.partition, rng(cfg.seed, "partition"),
+                      alpha=d.alpha, classes_per_node=d.classes_per_node, exponent=d.exponent)
+    val_owner = None
+    if d.validation > 0:
+        owner, val_owner = _validation_split(owner, cfg.nodes, d.validation, rng(cfg.seed, "validation"))
+    speeds = compute_speeds(Distribution.from_spec(cfg.speed), cfg.nodes, rng(cfg.seed, "speed"))
+    stream_rates = None
+    if d.stream_rate is not None:
+        stream_rates = Distribution.from_spec(d.stream_rate).sample(cfg.nodes, rng(cfg.seed, "stream"))
+
+    t = cfg.topology
+    latency, bandwidth = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
+    if proto.uses_graph or graph is not None:
+        if graph is None:
+            graph = build_graph(t.name, cfg.nodes, rng(cfg.seed, "topology"), degree=t.degree, p=t.p,
+                                k=t.k, m=t.m, path=t.path)
+            name = t.name
+        else:
+            name = "user graph"
+        graph = check_graph(graph, cfg.nodes, allow_disconnected=t.allow_disconnected)
+        links = rng(cfg.seed, "links")
+        graph = attach_links(graph, lambda k: latency.sample(k, links), lambda k: bandwidth.sample(k, links))
+    else:  # star protocols (FedAvg) talk to a server outside the graph
+        graph, name = nx.empty_graph(cfg.nodes), "server"
+    srv = rng(cfg.seed, "server-links")
+    server_latency = latency.sample(cfg.nodes, srv)
+    server_bandwidth = bandwidth.sample(cfg.nodes, srv)
+
+    module = model if model is not None else build_model(cfg, data)
+    try:
+        batched = BatchedModel(module.to(cfg.device), data.task)
+    except ValueError as err:  # no parameters, or buffers
+        raise ConfigError(f"model: {err}") from None
+    return World(cfg, data, owner, val_owner, graph, name, server_latency, server_bandwidth, speeds,
+                 stream_rates, batched, proto)
+
+
+__all__ = ["DataError", "World", "assemble", "build_model", "rng"]

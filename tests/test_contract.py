@@ -1,0 +1,153 @@
+"""The contract every registered protocol keeps, checked the same way for each (a new protocol
+is covered by being registered): same seed = same metrics.csv; batched = unbatched; bytes
+accounted; models() shaped [k, P]; its declared columns written; it learns a multi-label task
+too; its summary reproduces its config; and, where it has a per-node merge rule (or is fedavg),
+the Flower bridge ends with the simulator's final models.
+
+`toy_protocol` (this folder, outside the package) registers a user-written protocol: it is
+held to the same contract.
+"""
+import csv
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import protocols
+import toy_protocol  # noqa: F401  (registers trimmed_gossip)
+from scenarios import resolve
+from simulator import run
+
+NAMES = protocols.names()
+# heterogeneous speeds and links, so instants rarely coincide unless batched by ticks
+BASE = ["nodes=9", "rounds=3", "topology=random_regular", "topology.degree=4", "train.local_steps=2",
+        "train.momentum=0.5", "sim.progress=false", "speed={kind: lognormal, mean: 500, sigma: 0.5}",
+        "topology.latency={kind: uniform, low: 0.01, high: 0.05}", "sim.resolution=0.02"]
+NUMBERS = ["sim_time_s", "loss_mean", "consensus_distance", "train_loss"]
+
+
+def scenario(name, *extra):
+    return [*BASE, f"protocol={name}", *extra]
+
+
+def test_every_builtin_and_the_toy_are_registered():
+    assert {"fedavg", "gossip", "vc_gossip", "trimmed_gossip"} <= set(NAMES)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """name -> (batched run, unbatched run), recorded events."""
+    out = {}
+    for name in NAMES:
+        ov = scenario(name, "sim.record_events=true")
+        out[name] = (run(overrides=ov), run(overrides=[*ov, "sim.batching=false"]))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_metrics_csv(name, tmp_path):
+    for d in ("a", "b"):
+        run(overrides=scenario(name), out_dir=tmp_path / d)
+    run(overrides=scenario(name, "seed=1"), out_dir=tmp_path / "c")
+
+    def numbers(d):
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(open(tmp_path / d / "metrics.csv"))]
+
+    assert numbers("a") == numbers("b")
+    assert numbers("a") != numbers("c")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_equals_unbatched(runs, name):
+    a, b = runs[name]
+    assert a.event_log == b.event_log and len(a.event_log) > 20
+    assert b.summary["handler_calls"] > a.summary["handler_calls"]
+    assert len(a.metrics) == len(b.metrics) == 4
+    for ra, rb in zip(a.metrics, b.metrics):
+        assert ra.keys() == rb.keys()
+        for k in [*NUMBERS, "accuracy_mean", "accuracy_min", "accuracy_max"]:
+            assert ra[k] == pytest.approx(rb[k], abs=1e-5, nan_ok=True), k
+    torch.testing.assert_close(a.final_models, b.final_models, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bytes_are_accounted(runs, name):
+    a, b = runs[name]
+    sent = [r["bytes_sent"] for r in a.metrics]
+    model_bytes = a.summary["n_parameters"] * 4
+    assert sent[0] == 0 and sent[-1] > 0 and sent == sorted(sent)
+    assert all(s % model_bytes == 0 for s in sent)  # whole models only
+    assert sent == [r["bytes_sent"] for r in b.metrics] and a.summary["bytes_sent"] == sent[-1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_models_are_rows_of_the_layout(runs, name):
+    res = runs[name][0]
+    models = res.final_models
+    assert models.dtype == torch.float32 and models.dim() == 2
+    assert models.shape[1] == res.summary["n_parameters"] and models.shape[0] in (1, 9)
+    assert torch.isfinite(models).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_columns_are_written(runs, name):
+    res = runs[name][0]
+    cls = protocols.get(name)
+    for row in res.metrics:
+        assert set(cls.columns) <= set(row)
+        assert {"round", "sim_time_s", "accuracy_mean", "loss_mean", "bytes_sent", "train_loss"} <= set(row)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_summary_config_reproduces_the_run(runs, name):
+    res = runs[name][0]
+    cfg = resolve(overrides=scenario(name, "sim.record_events=true"))
+    assert res.summary["config"] == asdict(cfg)
+    assert resolve(res.summary["config"]) == cfg  # the config written is a complete scenario
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multilabel_task(name):
+    res = run(overrides=scenario(name, "data=synthetic_multilabel", "data.n_samples=400", "rounds=2"))
+    row = res.metrics[-1]
+    assert res.summary["task"] == "multilabel" and res.summary["headline"] == "micro_f1"
+    for k in ("micro_f1_mean", "macro_f1_mean", "subset_accuracy_mean", "hamming_loss_mean", "loss_mean"):
+        assert 0 <= row[k] <= (1 if k != "loss_mean" else 10), k
+    assert "accuracy_mean" not in row
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bridge_ends_with_the_simulators_models(runs, name):
+    pytest.importorskip("flwr")
+    from bridge.client import client_app
+    from bridge.scenario import load, settings
+    from bridge.server import serve
+    from flower_grid import LocalGrid
+
+    cls = protocols.get(name)
+    if cls.merge is None and name != "fedavg":
+        pytest.skip(f"{name} declares no per-node merge rule: not bridged")
+    # the relay runs synchronous rounds over full participation: a scenario both engines run alike
+    ov = [o for o in scenario(name) if not o.startswith(("speed=", "topology.latency", "sim."))] + ["rounds=2"]
+    s = settings({}, {"overrides": " ".join(ov), "connect-timeout": 1.0, "round-timeout": 0.5})
+    res = serve(LocalGrid(client_app(), 9, run_config=s), s)
+    ref = run(overrides=[*ov, "sim.progress=false"]).final_models
+    assert res.models.shape == ref.shape
+    torch.testing.assert_close(res.models, ref, atol=1e-5, rtol=0)
+    assert (res.models - load(s["overrides"]).initial_row(0)).abs().max() > 0.01  # it trained
+
+
+def test_the_toy_merge_is_a_trimmed_mean():
+    from scenarios import assemble
+
+    proto = assemble(resolve(overrides=scenario("trimmed_gossip", "protocol.trim=0.25",
+                                                 "protocol.beta=0"))).protocol()
+    own = torch.zeros(4)
+    received = torch.tensor([[0.0, 1, 2, 3], [10, 1, 2, 3], [1, 1, 2, -30], [2, 1, 2, 3]])
+    # four models, one dropped at each end per coordinate: the mean of the middle two
+    expect = torch.tensor([1.5, 1.0, 2.0, 3.0])
+    torch.testing.assert_close(proto.merge_received(own, received), expect)
+    inbox = torch.cat([received, torch.full((2, 4), float("nan"))]).unsqueeze(0)  # padded to 6 slots
+    torch.testing.assert_close(proto.merge(own.view(1, -1), inbox, torch.tensor([4]))[0], expect)
+    assert np.isclose(float(proto.merge(own.view(1, -1), inbox[:, :2], torch.tensor([2]))[0, 0]), 5.0)
