@@ -3,10 +3,12 @@ from kernels.mixing import consensus_distance, gossip_merge, sum_rows_into, weig
 from kernels.models import MLP, LeNet, LogisticRegression, SmallCNN
 from kernels.random import counter_uniform, derive_seed
 from kernels.stack import Layout, init_stack
+from kernels.tasks import TASKS, Multiclass, Multilabel, Task
 from kernels.train import BatchedModel, SGDConfig, local_sgd, sample_minibatches, sgd_update
 
 __all__ = [
-    "BatchedModel", "Layout", "LeNet", "LogisticRegression", "MLP", "SGDConfig", "SmallCNN",
+    "BatchedModel", "Layout", "LeNet", "LogisticRegression", "MLP", "Multiclass", "Multilabel", "SGDConfig",
+    "SmallCNN", "TASKS", "Task",
     "consensus_distance", "counter_uniform", "derive_seed", "gossip_merge", "init_stack",
     "local_sgd", "sample_minibatches", "sgd_update", "sum_rows_into", "weighted_mean",
 ]

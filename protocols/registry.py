@@ -28,6 +28,8 @@ def register(cls: type) -> type:
     if not (isinstance(config, type) and is_dataclass(config) and issubclass(config, ProtocolConfig)):
         raise ProtocolError(f"protocol {cls.__qualname__}: `config` must be a @dataclass deriving from "
                             f"protocols.ProtocolConfig, got {config!r}")
+    if getattr(cls, "receives", "sum") not in ("sum", "models"):
+        raise ProtocolError(f"protocol {cls.__qualname__}: receives must be 'sum' or 'models', got {cls.receives!r}")
     old = _PROTOCOLS.get(cls.name)
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ProtocolError(f"protocol name {cls.name!r} is taken by {old.__module__}.{old.__qualname__}; "
@@ -46,8 +48,11 @@ def import_object(path: str, what: str):
         sys.path.append(cwd)
     try:
         mod = importlib.import_module(module)
-    except ImportError as err:
-        raise ProtocolError(f"{what} {path!r}: cannot import {module!r} ({err})") from None
+    except ProtocolError:
+        raise
+    except Exception as err:  # not found, or the module itself fails: say which, in one line
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise ProtocolError(f"{what} {path!r}: cannot import {module!r} ({type(err).__name__}: {detail})") from None
     if not hasattr(mod, attr):
         raise ProtocolError(f"{what} {path!r}: module {module!r} has no {attr!r}")
     return getattr(mod, attr)

@@ -221,7 +221,7 @@ def _store():
 
 
 _CS = _store()
-_STORED: dict[str, set] = {"protocol": set(), "model": set(MODELS)}
+_STORED: dict[str, dict] = {"protocol": {}, "model": dict.fromkeys(MODELS)}  # option -> its config class
 
 
 def options(group: str) -> list[str]:
@@ -234,10 +234,12 @@ def options(group: str) -> list[str]:
 def ensure_option(group: str, value: str) -> None:
     """Make `group=value` composable: a registered protocol, or an import path (a Protocol or
     an nn.Module class) imported now and stored as an option. Raises ConfigError."""
-    if group not in _STORED or value in _STORED[group]:
-        if group in ("topology", "data") and value not in options(group):
+    if group not in _STORED:
+        if value not in options(group):
             raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(options(group))}")
         return
+    if value in _STORED[group] and (group == "model" or _STORED[group][value] is _protocol_config(value)):
+        return  # stored, and not redefined since (a reloaded module)
     try:
         if group == "protocol":
             node = protocols.get(value).config(name=value)
@@ -253,7 +255,14 @@ def ensure_option(group: str, value: str) -> None:
     except (ProtocolError, ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
     _CS.store(group=group, name=value, node=node)
-    _STORED[group].add(value)
+    _STORED[group][value] = type(node)
+
+
+def _protocol_config(name: str):
+    try:
+        return protocols.get(name).config
+    except ProtocolError:
+        return None
 
 
 def group_choices(overrides: Sequence[str]) -> list[tuple[str, str]]:

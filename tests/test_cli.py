@@ -21,7 +21,7 @@ def murmur(*args, cwd, timeout=240):
     (["train.batch_size=2.5"], "train.batch_size"),
     (["topology.allow_disconnected=maybe"], "topology.allow_disconnected"),
     (["protocol=fedavg,nope"], "unknown protocol 'nope'"),
-    (["model=no_such_module.Net"], "cannot import 'no_such_module'"),
+    (["model=no_such_module.Net"], "cannot import 'no_such_module' (ModuleNotFoundError"),
     (["nodes=[1"], "cannot read the override 'nodes=[1'"),
     (["nodes=0"], "nodes must be an integer >= 1"),
     (["protocol.fraction=1.5"], "fraction must be in (0, 1]"),

@@ -95,3 +95,24 @@ def test_sync_gossip_round_equals_mixing_formula():
     x = fleet.params
     expect = torch.stack([0.3 * x[i] + 0.7 * (x[(i - 1) % 6] + x[(i + 1) % 6]) / 2 for i in range(6)])
     assert torch.allclose(res.final_models, expect, atol=1e-6)
+
+
+def test_the_registry_refuses_what_it_cannot_run(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    from protocols import Gossip, Protocol, ProtocolError, get
+
+    with pytest.raises(ProtocolError, match="name 'gossip' is taken by protocols.gossip.Gossip"):
+        type("Impostor", (Gossip,), {"name": "gossip"})
+    with pytest.raises(ProtocolError, match="config` must be a @dataclass deriving from protocols.ProtocolConfig"):
+        type("NoConfig", (Protocol,), {"name": "no_config", "config": dataclass(type("C", (), {}))})
+    with pytest.raises(ProtocolError, match="receives must be 'sum' or 'models'"):
+        type("Odd", (Gossip,), {"name": "odd", "receives": "median"})
+    (tmp_path / "broken_rules.py").write_text("def oops(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ProtocolError, match=r"cannot import 'broken_rules' \(SyntaxError"):
+        get("broken_rules.Median")
+    with pytest.raises(ProtocolError, match="unknown protocol 'nope'; choose one of: fedavg, gossip, vc_gossip"):
+        get("nope")
+    with pytest.raises(ProtocolError, match="is not a subclass of protocols.Protocol"):
+        get("numpy.ndarray")
