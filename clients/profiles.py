@@ -88,6 +88,15 @@ class Distribution:
         return -self.mean * np.log1p(-u)
 
     @property
+    def lowest(self) -> float:
+        """The smallest value a draw can take (lognormal and exponential: 0, never reached)."""
+        if self.kind == "constant":
+            return self.value
+        if self.kind in ("uniform", "uniform_int"):
+            return self.low
+        return 0.0
+
+    @property
     def always_positive(self) -> bool:
         """Whether every possible draw is > 0."""
         if self.kind == "constant":

@@ -57,9 +57,11 @@ class GossipConfig(ProtocolConfig):
         if not 0 < self.round_time < math.inf:
             raise ValueError(f"protocol.round_time must be a finite number > 0, got {self.round_time}")
         try:
-            Distribution.from_spec(self.wake)
+            wake = Distribution.from_spec(self.wake)
         except ValueError as err:
             raise ValueError(f"protocol.wake: {err}") from None
+        if not wake.always_positive:  # a zero interval would wake a node forever at one instant
+            raise ValueError("protocol.wake must be > 0 seconds for every wake-up (check its value or low)")
 
     @property
     def wake_distribution(self) -> Distribution:

@@ -65,8 +65,12 @@ class TopologyConfig:
 
     def __post_init__(self):
         _choice(self.name, TOPOLOGIES, "topology")
-        _distribution(self.latency, "topology.latency")
-        _distribution(self.bandwidth, "topology.bandwidth")
+        latency = _distribution(self.latency, "topology.latency")
+        if not 0 <= latency.lowest < math.inf:
+            raise ValueError("topology.latency must be finite and >= 0 seconds on every link "
+                             "(check its value or low)")
+        if not _distribution(self.bandwidth, "topology.bandwidth").always_positive:
+            raise ValueError("topology.bandwidth must be > 0 bytes/s on every link (check its value or low)")
 
 
 @dataclass

@@ -23,6 +23,9 @@ def murmur(*args, cwd, timeout=240):
     (["protocol=fedavg,nope"], "unknown protocol 'nope'"),
     (["model=no_such_module.Net"], "cannot import 'no_such_module' (ModuleNotFoundError"),
     (["nodes=[1"], "cannot read the override 'nodes=[1'"),
+    (["topology.latency=-1"], "topology.latency must be finite and >= 0 seconds"),   # FedAvg's server links too
+    (["topology.bandwidth=0"], "topology.bandwidth must be > 0 bytes/s"),
+    (["protocol=gossip", "protocol.mode=async", "protocol.wake=0", "speed=inf"], "protocol.wake must be > 0"),
     (["nodes=0"], "nodes must be an integer >= 1"),
     (["protocol.fraction=1.5"], "fraction must be in (0, 1]"),
     (["data=npz", "data.path=missing.npz"], "npz file not found: missing.npz"),
