@@ -21,19 +21,12 @@ class Fleet:
         self.data = data
         self.n = data.n
         self.device = data.device
-        self.model = data.model
-        self.layout = data.model.layout
         self.train_cfg = data.train_cfg
         self.params = initial.to(self.device, torch.float32)
         self.momentum = torch.zeros_like(self.params)
         self.step_counter = torch.zeros(self.n, dtype=torch.long, device=self.device)
         self.last_loss = torch.full((self.n,), float("nan"), dtype=torch.float64, device=self.device)
         self.prequential = Prequential(data) if prequential else None
-
-    @property
-    def model_bytes(self) -> int:
-        """Bytes of one model on the wire (float32 parameters)."""
-        return self.layout.size * 4
 
     def train_time(self, nodes: np.ndarray, now=math.inf) -> np.ndarray:
         return self.data.train_time(nodes, now)
@@ -42,7 +35,7 @@ class Fleet:
         """Local SGD on the given nodes' own data (the rows that had arrived at `now`, a time or
         one per node: when each began training), all in one batched call. Returns each node's
         mean training loss (also kept in `last_loss`)."""
-        idx = self.data._ids(nodes)
+        idx = self.data.ids(nodes)
         whole = len(nodes) == self.n and bool(np.all(nodes == np.arange(self.n)))
         params = self.params if whole else self.params[idx]
         mom = self.momentum if whole else self.momentum[idx]
@@ -60,7 +53,7 @@ class Fleet:
     def set_params(self, nodes: np.ndarray, rows: torch.Tensor, *, reset_momentum: bool | None = None) -> None:
         """Replace the nodes' models (a received or merged model); momentum is zeroed when
         `reset_momentum` (default: train.reset_momentum)."""
-        idx = self.data._ids(nodes)
+        idx = self.data.ids(nodes)
         self.params[idx] = rows
         if self.train_cfg.reset_momentum if reset_momentum is None else reset_momentum:
             self.momentum[idx] = 0.0
@@ -68,3 +61,7 @@ class Fleet:
     def train_loss(self) -> float:
         """Mean over nodes of the last training loss (NaN before any training)."""
         return float(self.last_loss.nanmean())
+
+    def prequential_metrics(self) -> dict[str, float]:
+        """The pooled prequential columns ({} unless task.prequential)."""
+        return self.prequential.metrics() if self.prequential is not None else {}

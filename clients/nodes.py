@@ -104,7 +104,8 @@ class NodeData:
         return (sizes, offsets, torch.as_tensor(X[rows], dtype=torch.float32, device=self.device),
                 torch.as_tensor(y[rows], dtype=self._label_dtype, device=self.device))
 
-    def _ids(self, nodes) -> torch.Tensor:
+    def ids(self, nodes) -> torch.Tensor:
+        """Node ids as a tensor on the device."""
         return torch.as_tensor(nodes, dtype=torch.long, device=self.device)
 
     def available(self, nodes: np.ndarray, now=math.inf) -> np.ndarray:
@@ -132,7 +133,7 @@ class NodeData:
         advanced) with node nodes[i]'s data as of time `now`. The minibatch stream is keyed by
         (seed, keys[i], counter): keys default to the node ids; a protocol training several rows
         per node gives each its own key (and may pass its own seed). Returns the mean losses."""
-        idx = self._ids(nodes)
+        idx = self.ids(nodes)
         avail = self.available(nodes, now)
         return local_sgd(self.model, params, momentum, self.X, self.y, idx if keys is None else keys, counters,
                          self.offsets[idx], torch.as_tensor(avail, device=self.device),
@@ -166,7 +167,7 @@ class Prequential:
         slot = torch.arange(width, device=d.device).view(1, -1)
         for a in range(0, len(nodes), chunk):
             sl = slice(a, a + chunk)
-            ids = d._ids(nodes[sl])
+            ids = d.ids(nodes[sl])
             first = d.offsets[ids] + torch.as_tensor(self.seen[nodes[sl]], device=d.device)
             count = torch.as_tensor(new[sl], device=d.device).view(-1, 1)
             idx = (first.view(-1, 1) + torch.minimum(slot, (count - 1).clamp(min=0))).clamp(max=len(d.X) - 1)

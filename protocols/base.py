@@ -110,6 +110,11 @@ class Protocol:
         fleet = getattr(self, "fleet", None)
         return fleet.train_loss() if fleet is not None else math.nan
 
+    def prequential_metrics(self) -> dict[str, float]:
+        """The pooled test-then-train columns when task.prequential is on ({} otherwise)."""
+        fleet = getattr(self, "fleet", None)
+        return fleet.prequential_metrics() if fleet is not None else {}
+
     def extra_metrics(self) -> dict[str, float]:
         """The protocol's own metrics.csv columns (keys: `columns`)."""
         return {}

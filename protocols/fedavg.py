@@ -79,26 +79,26 @@ class FedAvg(Protocol):
         if self.cfg.deadline is not None:
             self.engine.schedule("deadline", t + self.cfg.deadline, -1, round=self.round)
 
-    def _current(self, nodes, payload):
-        keep = payload["round"] == self.round
-        return nodes[keep] if self.open else nodes[:0]
+    def _current(self, payload):
+        """Which events of a wave belong to the open round (late ones from closed rounds don't)."""
+        return (payload["round"] == self.round) & self.open
 
     def _download(self, t, nodes, payload):
-        nodes = self._current(nodes, payload)
+        nodes = nodes[self._current(payload)]
         # a client's optimizer lives for one round: momentum starts at zero each download
         self.fleet.set_params(nodes, self.global_model.expand(len(nodes), -1), reset_momentum=True)
         self.engine.schedule("train_done", t + self.fleet.train_time(nodes, t), nodes, round=self.round, start=t)
 
     def _train_done(self, t, nodes, payload):
-        start = payload["start"][payload["round"] == self.round] if self.open else payload["start"][:0]
-        nodes = self._current(nodes, payload)
+        keep = self._current(payload)
+        nodes, start = nodes[keep], payload["start"][keep]
         self.fleet.train(nodes, start)  # a client trains on the rows it held when training began
         self.bytes_sent += len(nodes) * self.model_bytes
         self.engine.schedule("upload", t + self._delay(nodes), nodes, round=self.round, start=start)
 
     def _upload(self, t, nodes, payload):
-        start = payload["start"][payload["round"] == self.round] if self.open else payload["start"][:0]
-        nodes = self._current(nodes, payload)
+        keep = self._current(payload)
+        nodes, start = nodes[keep], payload["start"][keep]
         if len(nodes) == 0:
             return
         # weighted by the rows each client trained on

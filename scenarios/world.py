@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import protocols
-from clients.datasets import DataError, Dataset, load_dataset
+from clients.datasets import Dataset, load_dataset
 from clients.fleet import Fleet
 from clients.nodes import NodeData
 from clients.partition import partition
@@ -109,7 +109,8 @@ class World:
         return Fleet(self.node_data(), self.initial_models(independent), prequential=self.cfg.task.prequential)
 
     @cached_property
-    def _test(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(X, y) on the device: the first eval.max_test rows of the held-out test split."""
         m = self.cfg.eval.max_test
         return (torch.as_tensor(self.data.X_test[:m], dtype=torch.float32, device=self.device),
                 torch.as_tensor(self.data.y_test[:m], dtype=self.task.label_dtype, device=self.device))
@@ -117,7 +118,7 @@ class World:
     def evaluate(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every model row [k, P] on the held-out test set (its first eval.max_test rows):
         the task's metrics, {metric: [k]}."""
-        return self.model.evaluate(rows, *self._test)
+        return self.model.evaluate(rows, *self.test_set)
 
 
 def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
@@ -218,4 +219,4 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
                  stream_rates, batched, proto)
 
 
-__all__ = ["DataError", "World", "assemble", "build_model", "rng"]
+__all__ = ["World", "assemble", "build_model", "rng"]

@@ -73,11 +73,8 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         row = {"round": r, "sim_time_s": t, "wall_time_s": time.perf_counter() - wall0,
                **world.task.columns(world.evaluate(rows)),
                "consensus_distance": consensus_distance(models), "bytes_sent": protocol.bytes_sent,
-               "train_loss": protocol.train_loss()}
-        prequential = getattr(getattr(protocol, "fleet", None), "prequential", None)
-        if prequential is not None:
-            row.update(prequential.metrics())
-        row.update({**protocol.extra_metrics(), **layer_variances(rows, world.layout)})
+               "train_loss": protocol.train_loss(), **protocol.prequential_metrics(),
+               **protocol.extra_metrics(), **layer_variances(rows, world.layout)}
         recorder.add(row)
         if bar is not None:
             bar.set_postfix({world.task.headline[:8]: f"{row[world.task.headline + '_mean']:.3f}"})

@@ -75,7 +75,7 @@ def test_run_f1_columns_equal_scikit_learn_on_the_same_predictions(tiny, protoco
     res = tiny(ov)
     row = res.metrics[-1]
     world = assemble(resolve(overrides=["nodes=10", "rounds=3", "sim.progress=false", "train.local_steps=1", *ov]))
-    X, Y = world._test
+    X, Y = world.test_set
     truth = Y.int().numpy()
     per_model = {"micro": [], "macro": [], "subset": [], "hamming": []}
     for model in res.final_models:
