@@ -3,7 +3,9 @@ user npz file.
 
 Every loader returns a `Dataset` with flattened float32 features and labels that name the task:
 int64 class ids [M] (multiclass) or a 0/1 matrix [M, L] (multilabel), so the rest of the
-simulator never cares where the data came from. Nothing here touches the network.
+simulator never cares where the data came from. Nothing here touches the network. A bad option,
+file or value is a one-line DataError naming the option (data.<option>), the file, the array and,
+for a bad value, its first index; user files are never unpickled.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,22 +50,133 @@ class Dataset:
         return "multilabel" if self.y_train.ndim == 2 else "multiclass"
 
 
+# ---- memory ---------------------------------------------------------------------------------
+
+_MEMINFO = "/proc/meminfo"
+_CGROUP = "/sys/fs/cgroup"  # cgroup v2: a container's own memory limit
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open(_MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup v2 memory limit (reclaimable page cache counted
+    as free), or None where there is no limit or no cgroup v2."""
+    try:
+        with open(os.path.join(_CGROUP, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(_CGROUP, "memory.current")) as f:
+            used = int(f.read())
+        cache = 0
+        try:
+            with open(os.path.join(_CGROUP, "memory.stat")) as f:
+                for line in f:
+                    if line.startswith("inactive_file "):
+                        cache = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return max(0, int(limit) - used + cache)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory_bytes() -> int | None:
+    """Bytes of memory a new allocation can still get, or None where that is unknown.
+
+    The smaller of the kernel's MemAvailable (/proc/meminfo, Linux) and the room left under a
+    cgroup v2 memory limit (a container's); elsewhere psutil's figure when psutil is installed.
+    None means "don't know": callers then skip their size check rather than guess.
+    """
+    known = [b for b in (_meminfo_available(), _cgroup_room()) if b is not None]
+    if not known:
+        try:
+            import psutil  # optional; not a dependency
+        except ImportError:
+            return None
+        try:
+            known.append(int(psutil.virtual_memory().available))
+        except Exception:  # psutil cannot tell on this platform
+            return None
+    return min(known)
+
+
+def _gb(n_bytes: float) -> str:
+    gb = n_bytes / 1e9
+    return f"{gb:,.0f} GB" if gb >= 1000 else f"{gb:.3g} GB"
+
+
+def _check_memory(needed: int, what: str, fix: str) -> None:
+    """DataError when `needed` bytes exceed the memory available (no check where unknown)."""
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise DataError(f"{what} needs about {_gb(needed)} but only {_gb(available)} of memory is available; {fix}")
+
+
+# ---- option checks --------------------------------------------------------------------------
+
+def _check_int(value, option: str, minimum: int) -> None:
+    """A whole-number option (`data.<option>`) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"data.{option} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise DataError(f"data.{option} must be at least {minimum}, got {value}")
+
+
 def _check_fraction(test_fraction: float) -> None:
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}; use e.g. 0.2")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.number)) \
+            or not 0.0 < test_fraction < 1.0:
+        raise DataError(
+            f"data.test_fraction must be between 0 and 1 (exclusive), got {test_fraction!r}; use e.g. 0.2"
+        )
+
+
+def _test_size(n_samples: int, test_fraction: float) -> int:
+    """Rows in the test split of the synthetic loaders; DataError when a split would be empty."""
+    n_test = max(1, round(n_samples * test_fraction))
+    if n_test >= n_samples:
+        raise DataError(
+            f"data.test_fraction={test_fraction} with data.n_samples={n_samples} leaves no training samples; "
+            "lower data.test_fraction or raise data.n_samples"
+        )
+    return n_test
+
+
+_DIGITS_SAMPLES, _DIGITS_CLASSES = 1797, 10
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (1,797 samples), pixels scaled to [0, 1]."""
+    """scikit-learn's bundled 8x8 digits (1,797 samples), pixels scaled to [0, 1].
+
+    The split is stratified, so each side needs at least one sample per class: test_fraction
+    must lie in about 0.006..0.994.
+    """
     from sklearn.datasets import load_digits as _sk_digits
     from sklearn.model_selection import train_test_split
 
     _check_fraction(test_fraction)
+    n_test = math.ceil(test_fraction * _DIGITS_SAMPLES)  # how scikit-learn rounds
+    too_few = (f"data.test_fraction={test_fraction} leaves fewer than {_DIGITS_CLASSES} digits on one side of "
+               f"the split (it needs one per class); use a value between 0.006 and 0.994")
+    if min(n_test, _DIGITS_SAMPLES - n_test) < _DIGITS_CLASSES:
+        raise DataError(too_few)
     digits = _sk_digits()
     X = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, stratify=y, random_state=seed)
-    return Dataset("digits", X_tr, y_tr, X_te, y_te, n_classes=10, image_shape=(1, 8, 8))
+    try:
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, stratify=y, random_state=seed)
+    except ValueError:  # a rounding edge the check above missed
+        raise DataError(too_few) from None
+    return Dataset("digits", X_tr, y_tr, X_te, y_te, n_classes=_DIGITS_CLASSES, image_shape=(1, 8, 8))
 
 
 def load_synthetic(
@@ -80,57 +194,69 @@ def load_synthetic(
     are drawn here in float32 with numpy's fast generator, which keeps a million samples to a
     couple of seconds. n_informative defaults to a quarter of the features (at least enough for
     n_classes <= 2**n_informative), which leaves room for a nonlinear model to beat a linear one.
+    A request that would not fit in the memory available (see `available_memory_bytes`) is a
+    DataError before anything is allocated.
     """
     from sklearn.datasets import make_classification
 
-    if n_classes < 2:
-        raise DataError(f"n_classes must be at least 2, got {n_classes}")
+    _check_int(n_classes, "n_classes", 2)
+    _check_int(n_samples, "n_samples", 1)
     if n_samples < 2 * n_classes:
         raise DataError(
-            f"n_samples must be at least 2 * n_classes = {2 * n_classes}, got {n_samples}; raise n_samples"
+            f"data.n_samples must be at least 2 * data.n_classes = {2 * n_classes}, got {n_samples}; "
+            "raise data.n_samples"
         )
-    if n_features < 2:
-        raise DataError(f"n_features must be at least 2, got {n_features}")
+    _check_int(n_features, "n_features", 2)
     _check_fraction(test_fraction)
-    if class_sep <= 0:
-        raise DataError(f"class_sep must be > 0, got {class_sep}")
+    if isinstance(class_sep, bool) or not isinstance(class_sep, (int, float, np.number)) \
+            or not 0 < class_sep < math.inf:
+        raise DataError(f"data.class_sep must be a finite number > 0, got {class_sep!r}")
 
     # Each class sits on its own hypercube vertex, so it needs n_classes <= 2**n_informative.
     min_informative = max(2, math.ceil(math.log2(n_classes)))
     if n_informative is None:
         n_informative = min(n_features, max(min_informative, n_features // 4))
-    if not min_informative <= n_informative <= n_features:
+    if isinstance(n_informative, bool) or not isinstance(n_informative, (int, np.integer)) \
+            or not min_informative <= n_informative <= n_features:
         raise DataError(
-            f"n_informative must be between {min_informative} (enough for {n_classes} classes) "
-            f"and n_features={n_features}, got {n_informative}; raise n_features or change n_informative"
+            f"data.n_informative must be an integer between {min_informative} (enough for {n_classes} classes) "
+            f"and data.n_features={n_features}, got {n_informative!r}; raise data.n_features or change "
+            "data.n_informative"
         )
-    n_test = max(1, round(n_samples * test_fraction))
-    if n_test >= n_samples:
-        raise DataError(f"test_fraction={test_fraction} leaves no training samples; lower it")
+    n_samples, n_features, n_informative = int(n_samples), int(n_features), int(n_informative)
+    n_test = _test_size(n_samples, test_fraction)
+    # float32 features plus the noise block, and scikit-learn's float64 informative block and its copies.
+    _check_memory(n_samples * (n_features * 4 * 2 + n_informative * 8 * 2),
+                  f"data.n_samples={n_samples} x data.n_features={n_features}",
+                  "lower data.n_samples or data.n_features")
 
-    informative, y = make_classification(
-        n_samples=n_samples,
-        n_features=n_informative,
-        n_informative=n_informative,
-        n_redundant=0,
-        n_repeated=0,
-        n_classes=n_classes,
-        n_clusters_per_class=1,
-        class_sep=class_sep,
-        shuffle=True,
-        random_state=seed,
-    )
-    # Rows are already shuffled, so a plain cut is a random split; scale with train statistics only.
-    train = informative[n_test:]
-    informative -= train.mean(axis=0)
-    informative /= train.std(axis=0)
-    X = np.empty((n_samples, n_features), dtype=np.float32)
-    X[:, :n_informative] = informative
-    del informative, train
-    if n_features > n_informative:
-        # Pure noise is already standard normal, so it needs no scaling.
-        rng = np.random.default_rng(seed)
-        X[:, n_informative:] = rng.standard_normal((n_samples, n_features - n_informative), dtype=np.float32)
+    try:
+        informative, y = make_classification(
+            n_samples=n_samples,
+            n_features=n_informative,
+            n_informative=n_informative,
+            n_redundant=0,
+            n_repeated=0,
+            n_classes=n_classes,
+            n_clusters_per_class=1,
+            class_sep=class_sep,
+            shuffle=True,
+            random_state=seed,
+        )
+        # Rows are already shuffled, so a plain cut is a random split; scale with train statistics only.
+        train = informative[n_test:]
+        informative -= train.mean(axis=0)
+        informative /= train.std(axis=0)
+        X = np.empty((n_samples, n_features), dtype=np.float32)
+        X[:, :n_informative] = informative
+        del informative, train
+        if n_features > n_informative:
+            # Pure noise is already standard normal, so it needs no scaling.
+            rng = np.random.default_rng(seed)
+            X[:, n_informative:] = rng.standard_normal((n_samples, n_features - n_informative), dtype=np.float32)
+    except MemoryError:
+        raise DataError(f"out of memory generating data.n_samples={n_samples} x data.n_features={n_features}; "
+                        "lower data.n_samples or data.n_features") from None
     X_tr, X_te = X[n_test:], X[:n_test]
     y = y.astype(np.int64)
     return Dataset("synthetic", X_tr, y[n_test:], X_te, y[:n_test], n_classes=n_classes, image_shape=None)
@@ -145,83 +271,298 @@ def load_synthetic_multilabel(
     seed: int = 0,
 ) -> Dataset:
     """scikit-learn's `make_multilabel_classification`: each sample draws about `mean_labels`
-    of `n_labels` labels and word-count features from them; features standardized, float32."""
+    of `n_labels` labels and word-count features from them; features standardized, float32.
+    A request that would not fit in the memory available is a DataError before generating."""
     from sklearn.datasets import make_multilabel_classification
 
-    if n_labels < 2:
-        raise DataError(f"n_labels must be at least 2, got {n_labels}")
-    if n_features < 1:
-        raise DataError(f"n_features must be at least 1, got {n_features}")
-    if not 1 <= mean_labels <= n_labels:
-        raise DataError(f"mean_labels must be an integer in 1..n_labels={n_labels}, got {mean_labels}")
+    _check_int(n_labels, "n_labels", 2)
+    _check_int(n_features, "n_features", 1)
+    if isinstance(mean_labels, bool) or not isinstance(mean_labels, (int, np.integer)) \
+            or not 1 <= mean_labels <= n_labels:
+        raise DataError(
+            f"data.mean_labels must be an integer in 1..data.n_labels={n_labels}, got {mean_labels!r}"
+        )
+    _check_int(n_samples, "n_samples", 2)
     _check_fraction(test_fraction)
-    n_test = max(1, round(n_samples * test_fraction))
-    if n_samples < 2 or n_test >= n_samples:
-        raise DataError(f"n_samples={n_samples} with test_fraction={test_fraction} leaves no training samples")
-    X, Y = make_multilabel_classification(n_samples=n_samples, n_features=n_features, n_classes=n_labels,
-                                          n_labels=mean_labels, allow_unlabeled=True, random_state=seed)
-    train = X[n_test:]
-    X = ((X - train.mean(0)) / np.maximum(train.std(0), 1e-12)).astype(np.float32)
+    n_samples, n_features, n_labels = int(n_samples), int(n_features), int(n_labels)
+    n_test = _test_size(n_samples, test_fraction)
+    # scikit-learn's float64 features, two float64 temporaries while standardizing, the labels.
+    _check_memory(n_samples * (n_features * 8 * 3 + n_labels * 8 * 2),
+                  f"data.n_samples={n_samples} x data.n_features={n_features}",
+                  "lower data.n_samples or data.n_features")
+    try:
+        X, Y = make_multilabel_classification(n_samples=n_samples, n_features=n_features, n_classes=n_labels,
+                                              n_labels=mean_labels, allow_unlabeled=True, random_state=seed)
+        train = X[n_test:]
+        X = ((X - train.mean(0)) / np.maximum(train.std(0), 1e-12)).astype(np.float32)
+    except MemoryError:
+        raise DataError(f"out of memory generating data.n_samples={n_samples} x data.n_features={n_features}; "
+                        "lower data.n_samples or data.n_features") from None
     Y = Y.astype(np.uint8)
     return Dataset("synthetic_multilabel", X[n_test:], Y[n_test:], X[:n_test], Y[:n_test], n_classes=n_labels,
                    image_shape=None)
 
 
+# ---- user npz files -------------------------------------------------------------------------
+
 _NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
+_NPZ_HOWTO = "write it with numpy.savez(path, X_train=..., y_train=..., X_test=..., y_test=...)"
+MAX_CLASSES = 100_000
+"""Class ids of an npz file must be below this: a larger id is almost surely not a class id
+(an unmapped code or a corrupt value) and would make a model with that many outputs."""
+
+
+def _show(text: str) -> str:
+    """Text fit for a one-line message: as is when printable, else its repr (escapes newlines)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message squeezed to one short line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _at(key: str, index) -> str:
+    """`X_train[5, 2]`: an element of an array, for messages."""
+    return f"{key}[{', '.join(str(int(i)) for i in np.atleast_1d(index))}]"
+
+
+def _value(v) -> str:
+    """One element as a message shows it: nan, inf, -inf, 1.5, 3, True."""
+    if isinstance(v, (np.floating, float)):
+        return repr(float(v))
+    if isinstance(v, (np.integer, np.bool_)):
+        return str(v.item())
+    return repr(v)
+
+
+def _dtype_problem(dtype: np.dtype) -> str | None:
+    """Why a stored array of this dtype cannot hold features or labels (None: it can)."""
+    kind = dtype.kind
+    if kind in "biuf":
+        return None
+    if dtype.hasobject:
+        return "holds Python objects (dtype object), which are never unpickled; store a numeric array"
+    if kind == "c":
+        return f"holds complex numbers (dtype {dtype}); store real numbers (float, int, uint or bool)"
+    if kind in "US":
+        return f"holds strings (dtype {dtype}); store numbers (float, int, uint or bool)"
+    if kind == "V":
+        return f"is a structured/raw array (dtype {dtype}); store a plain numeric array"
+    return f"has dtype {dtype}; store numbers (float, int, uint or bool)"
+
+
+def _open_npz(path: str, shown: str):
+    """The open file of an npz archive, after checking it is a readable zip and not an npy,
+    a text file or nothing at all."""
+    if os.path.isdir(path):
+        raise DataError(f"npz path {shown} is a directory; set data.path to an .npz file")
+    if not os.path.exists(path):
+        raise DataError(f"npz file not found: {shown}")
+    try:
+        f = open(path, "rb")
+    except PermissionError:
+        raise DataError(f"npz file {shown} is not readable (permission denied); make it readable") from None
+    except OSError as exc:
+        raise DataError(f"npz file {shown} could not be opened ({_reason(exc)})") from None
+    try:
+        head = f.read(512)
+    except OSError as exc:
+        f.close()
+        raise DataError(f"npz file {shown} could not be read ({_reason(exc)})") from None
+    problem = None
+    if not head:
+        problem = "is empty (0 bytes)"
+    elif head.startswith(b"\x93NUMPY"):
+        problem = "holds a single .npy array, not an npz archive of named arrays"
+    elif not head.startswith(b"PK"):
+        try:
+            head.decode("utf-8")
+            text = b"\0" not in head
+        except UnicodeDecodeError as exc:  # only a character cut off at the end of the sample is fine
+            text = b"\0" not in head and exc.start >= len(head) - 3
+        problem = "is a text file, not an npz (zip) archive" if text else "is not an npz (zip) archive"
+    if problem:
+        f.close()
+        raise DataError(f"npz file {shown} {problem}; {_NPZ_HOWTO}")
+    f.seek(0)
+    return f
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shown: str):
+    """(shape, dtype) from an archive member's .npy header, read without its data; None for a
+    header version this numpy reads only with the data (checked after loading instead)."""
+    try:
+        with zf.open(info) as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+            else:
+                return None
+    except Exception as exc:  # anything wrong in the user's bytes
+        raise DataError(f"{key} in npz file {shown} could not be read as a .npy array ({_reason(exc)}); "
+                        f"{_NPZ_HOWTO}") from None
+    return tuple(shape), dtype
+
+
+def _read_npz(path: str, shown: str) -> dict[str, np.ndarray]:
+    """The four arrays of an npz file. Never unpickles; every failure is a one-line DataError."""
+    with _open_npz(path, shown) as f:
+        try:
+            zf = zipfile.ZipFile(f)
+        except Exception as exc:  # truncated, corrupt, or not a zip after all
+            raise DataError(f"npz file {shown} is a truncated or corrupt zip archive ({_reason(exc)}); "
+                            f"{_NPZ_HOWTO}") from None
+        with zf:
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
+                name = info.filename
+                members.setdefault(name[:-4] if name.endswith(".npy") else name, info)
+            missing = [k for k in _NPZ_KEYS if k not in members]
+            if missing:
+                present = [_show(k) for k in members]
+                held = ", ".join(present[:10]) + (f" and {len(present) - 10} more" if len(present) > 10 else "")
+                raise DataError(f"npz file {shown} lacks {', '.join(missing)}; it needs arrays "
+                                f"{', '.join(_NPZ_KEYS)} (it holds {held or 'no arrays'})")
+            # Headers first: a bad dtype or an array too large for memory is refused unread.
+            needed = 0
+            for key in _NPZ_KEYS:
+                header = _npy_header(zf, members[key], key, shown)
+                if header is None:
+                    continue
+                shape, dtype = header
+                problem = _dtype_problem(dtype)
+                if problem:
+                    raise DataError(f"{key} in npz file {shown} {problem}")
+                size = math.prod(shape)
+                needed += size * (dtype.itemsize + (4 if key.startswith("X") else 8))  # stored + converted
+            _check_memory(needed, f"npz file {shown}", "use a smaller file or a machine with more memory")
+            arrays = {}
+            for key in _NPZ_KEYS:
+                try:
+                    with zf.open(members[key]) as fp:
+                        arrays[key] = np.lib.format.read_array(fp, allow_pickle=False)
+                except Exception as exc:  # corrupt data, CRC mismatch, pickled objects, out of memory
+                    raise DataError(f"{key} in npz file {shown} could not be read as a .npy array "
+                                    f"({_reason(exc)}); "
+                                    f"{_NPZ_HOWTO}") from None
+    for key, a in arrays.items():
+        problem = _dtype_problem(a.dtype)
+        if problem:
+            raise DataError(f"{key} in npz file {shown} {problem}")
+    return arrays
 
 
 def _npz_labels(y: np.ndarray, key: str, path: str) -> np.ndarray:
+    """Labels as the Dataset stores them: 1-D int64 class ids, or a 2-D uint8 0/1 matrix."""
     if y.ndim == 2:  # multi-label: one 0/1 column per label
-        if y.size and not np.isin(y, (0, 1)).all():
-            raise DataError(f"{key} in {path} is 2-D, so it must hold 0/1 label indicators; found other values")
+        if y.shape[1] == 0:
+            raise DataError(f"{key} in {path} is a 2-D label matrix with 0 columns; it needs one 0/1 column per label")
+        bad = ~((y == 0) | (y == 1))  # NaN compares unequal to both, so it is bad too
+        if bad.any():
+            i = np.unravel_index(int(bad.argmax()), y.shape)
+            raise DataError(f"{path}: {_at(key, i)} is {_value(y[i])}; a 2-D {key} holds 0/1 label "
+                            "indicators (one column per label)")
         return y.astype(np.uint8)
     if y.ndim != 1:
         raise DataError(f"{key} in {path} must be 1-D class ids or a 2-D 0/1 label matrix, got shape {y.shape}")
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
-        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
-            raise DataError(f"{key} in {path} must hold integer labels, got dtype {y.dtype}; map classes to 0..K-1")
-    y = y.astype(np.int64)
-    if y.size and y.min() < 0:
-        raise DataError(f"{key} in {path} has negative labels (min {y.min()}); map classes to 0..K-1")
-    return y
+    if y.dtype.kind == "b":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y)
+        with np.errstate(invalid="ignore"):
+            bad |= (y != np.floor(y)) | (y < 0) | (y >= MAX_CLASSES)
+    else:
+        bad = (y < 0) | (y >= MAX_CLASSES)
+    if bad.any():
+        i = int(bad.argmax())
+        v = y[i]
+        if not np.isfinite(v):
+            why = "labels must be finite class ids 0..K-1"
+        elif v != np.floor(v):
+            why = "labels must be whole-number class ids 0..K-1 (a 2-D 0/1 matrix for multi-label data)"
+        elif v < 0:
+            why = "negative labels are not allowed; map classes to 0..K-1"
+        else:
+            why = f"class ids must be below {MAX_CLASSES}; map classes to 0..K-1"
+        raise DataError(f"{path}: {_at(key, i)} is {_value(v)}; {why}")
+    return y.astype(np.int64)
+
+
+def _npz_features(X: np.ndarray, key: str, path: str, scale: float) -> np.ndarray:
+    """X flattened to float32 [M, F]; DataError naming the first element that is not finite
+    (NaN, inf, or a float64 beyond float32's range)."""
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+        flat = X.reshape(len(X), -1).astype(np.float32)
+    if scale != 1.0:
+        flat *= np.float32(scale)
+    # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value is.
+    if X.dtype.kind == "f" and not np.isfinite(flat.sum(dtype=np.float64)):
+        i = np.unravel_index(int((~np.isfinite(flat)).argmax()), X.shape)
+        v = X[i]
+        what = _value(v) if not np.isfinite(v) else f"{_value(v)}, beyond float32's range (about 3.4e38)"
+        raise DataError(f"{path}: {_at(key, i)} is {what}; every feature must be a finite number "
+                        "(replace or drop such rows)")
+    return flat
 
 
 def load_npz(path: str) -> Dataset:
     """A user file with X_train, y_train, X_test, y_test.
 
-    X may be [M, F] (tabular), [M, H, W] (gray images) or [M, C, H, W]; it is stored flattened
-    as float32. Integer pixels with values above 1 (e.g. uint8) are scaled by 1/255.
+    X may be [M, F] (tabular), [M, H, W] (gray images) or [M, C, H, W], of any real numeric
+    dtype (float, int, uint, bool); it is stored flattened as float32 and every value must be
+    finite there. Integer pixels with values above 1 (e.g. uint8) are scaled by 1/255.
+
+    y is either 1-D class ids (ints, bools, or floats holding whole numbers; 0 <= id <
+    MAX_CLASSES) or a 2-D 0/1 matrix, one column per label (multi-label), the same kind in
+    both splits. n_classes is the largest class id in either split plus one, so a class that
+    only the test split holds is a class the model has never seen (its test rows count as
+    errors), not an error; there must be at least two classes. Both splits need at least one
+    sample, with as many labels as rows and the same sample shape.
+
+    Every problem with the file (missing, unreadable, not an npz, corrupt, a missing array,
+    pickled objects, which are never loaded, bad values) is a one-line DataError naming the file,
+    the array and, for a bad value, its first index.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"npz file not found: {path}")
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [k for k in _NPZ_KEYS if k not in archive.files]
-        if missing:
-            raise DataError(
-                f"npz file {path} lacks {', '.join(missing)}; it needs arrays {', '.join(_NPZ_KEYS)}"
-            )
-        X_tr, y_tr, X_te, y_te = (archive[k] for k in _NPZ_KEYS)
+    path = os.path.expanduser(os.fspath(path))
+    shown = _show(path)
+    arrays = _read_npz(path, shown)
+    X_tr, y_tr, X_te, y_te = (arrays[k] for k in _NPZ_KEYS)
+    where = f"npz file {shown}"
 
     for xk, X, yk, y in (("X_train", X_tr, "y_train", y_tr), ("X_test", X_te, "y_test", y_te)):
         if X.ndim not in (2, 3, 4):
-            raise DataError(f"{xk} in {path} must be [M, F], [M, H, W] or [M, C, H, W], got shape {X.shape}")
+            raise DataError(f"{xk} in {where} must be [M, F], [M, H, W] or [M, C, H, W], got shape {X.shape}")
+        if y.ndim not in (1, 2):
+            raise DataError(f"{yk} in {where} must be 1-D class ids or a 2-D 0/1 label matrix, got shape {y.shape}")
         if len(X) != len(y):
-            raise DataError(f"{xk} has {len(X)} rows but {yk} has {len(y)} labels in {path}; they must match")
+            raise DataError(f"{xk} has {len(X)} rows but {yk} has {len(y)} labels in {where}; they must match")
+        if len(X) == 0:
+            raise DataError(f"{xk} in {where} is empty (0 samples); store at least one "
+                            f"{'training' if xk == 'X_train' else 'test'} sample")
     if X_tr.shape[1:] != X_te.shape[1:]:
         raise DataError(
-            f"X_train samples have shape {X_tr.shape[1:]} but X_test samples {X_te.shape[1:]} in {path}; they must match"
+            f"X_train samples have shape {X_tr.shape[1:]} but X_test samples {X_te.shape[1:]} in {where}; "
+            "they must match"
         )
-    if len(X_tr) == 0:
-        raise DataError(f"X_train in {path} is empty; store at least one training sample")
-    if not (np.issubdtype(X_tr.dtype, np.number) and np.issubdtype(X_te.dtype, np.number)):
-        raise DataError(f"X_train/X_test in {path} must be numeric, got {X_tr.dtype}/{X_te.dtype}")
+    if math.prod(X_tr.shape[1:]) == 0:
+        raise DataError(f"X_train in {where} has samples of shape {X_tr.shape[1:]}, with no features")
 
-    y_tr = _npz_labels(y_tr, "y_train", path)
-    y_te = _npz_labels(y_te, "y_test", path)
+    y_tr = _npz_labels(y_tr, "y_train", where)
+    y_te = _npz_labels(y_te, "y_test", where)
     if y_tr.ndim != y_te.ndim or y_tr.shape[1:] != y_te.shape[1:]:
-        raise DataError(f"y_train has shape {y_tr.shape} but y_test {y_te.shape} in {path}; "
+        raise DataError(f"y_train has shape {y_tr.shape} but y_test {y_te.shape} in {where}; "
                         "use class ids in both or label matrices with the same columns in both")
+    if y_tr.ndim == 2:
+        n_classes = y_tr.shape[1]
+    else:
+        n_classes = int(max(y_tr.max(), y_te.max())) + 1
+        if n_classes < 2:
+            raise DataError(f"y_train and y_test in {where} hold only class 0; a classifier needs at least "
+                            "2 classes (ids 0..K-1)")
 
     sample_shape = X_tr.shape[1:]
     image_shape = None
@@ -233,19 +574,15 @@ def load_npz(path: str) -> Dataset:
     # Decide the scale from both splits so train and test stay on the same footing.
     scale = 1.0
     if np.issubdtype(X_tr.dtype, np.integer) or np.issubdtype(X_te.dtype, np.integer):
-        peak = max(X_tr.max(initial=0), X_te.max(initial=0))
+        with np.errstate(invalid="ignore"):
+            peak = max(X_tr.max(), X_te.max())
         if peak > 1:
             scale = 1.0 / 255.0
 
-    def flat(X: np.ndarray) -> np.ndarray:
-        X = X.reshape(len(X), -1).astype(np.float32)
-        if scale != 1.0:
-            X *= np.float32(scale)
-        return X
-
-    n_classes = y_tr.shape[1] if y_tr.ndim == 2 else int(max(y_tr.max(), y_te.max(initial=0))) + 1
+    X_tr = _npz_features(X_tr, "X_train", where, scale)
+    X_te = _npz_features(X_te, "X_test", where, scale)
     name = os.path.splitext(os.path.basename(path))[0]
-    return Dataset(name, flat(X_tr), y_tr, flat(X_te), y_te, n_classes=n_classes, image_shape=image_shape)
+    return Dataset(name, X_tr, y_tr, X_te, y_te, n_classes=n_classes, image_shape=image_shape)
 
 
 _LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "synthetic_multilabel": load_synthetic_multilabel,

@@ -117,15 +117,23 @@ def test_rng_consumption_does_not_depend_on_topology():
 
 def test_edgelist_round_trip(tmp_path):
     G = build_graph("random_regular", 12, rng(), degree=3)
-    # Shift labels so the reader must map them back to 0..n-1 in sorted order.
-    shifted = nx.relabel_nodes(G, {i: 100 + 10 * i for i in G})
     path = tmp_path / "edges.txt"
     with open(path, "w") as f:
-        f.write("# a comment line\n")
-        for u, v in shifted.edges():
-            f.write(f"{u}\t{v}\n")
+        f.write("# a comment line\n\n")
+        for u, v in G.edges():
+            f.write(f"{v}\t{u}   # reversed, tab-separated, commented\r\n")
     H = build_graph("edgelist", 12, rng(), path=str(path))
     assert edges_of(H) == edges_of(G)
+    assert list(H.nodes) == list(range(12))
+
+
+def test_edgelist_ids_are_used_as_they_are(tmp_path):
+    # No relabelling: a file's ids are the node ids, so 100, 110, ... are out of range for 12 nodes.
+    path = tmp_path / "shifted.txt"
+    path.write_text("100 110\n110 120\n")
+    with pytest.raises(TopologyError) as info:
+        build_graph("edgelist", 12, rng(), path=str(path))
+    one_line(info, str(path), "line 1", "node 100", "0..11")
 
 
 def test_edgelist_missing_file(tmp_path):
@@ -137,8 +145,9 @@ def test_edgelist_missing_file(tmp_path):
 def test_edgelist_node_count_mismatch(tmp_path):
     path = tmp_path / "e.txt"
     path.write_text("0 1\n1 2\n")
-    with pytest.raises(TopologyError, match="has 3 nodes but nodes=5"):
+    with pytest.raises(TopologyError) as info:
         build_graph("edgelist", 5, rng(), path=str(path))
+    one_line(info, str(path), "nodes 0..2", "nodes=5; set nodes=3")
 
 
 def test_edgelist_bad_labels(tmp_path):
@@ -319,3 +328,146 @@ def test_edge_arrays_defaults_and_isolated_nodes():
     assert np.all(np.isinf(a["bandwidth"]))
     assert a["degree"].tolist() == [0, 1, 1, 0]
     assert a["offsets"].tolist() == [0, 0, 1, 2, 2]
+
+
+# ---- issue 8: every bad edge-list file is one TopologyError line naming the file ----
+
+import os
+import tempfile
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import topologies.graphs as graphs
+
+
+def one_line(exc_info, *needles):
+    """The message of a raised error, checked to be one non-empty line holding every needle."""
+    message = str(exc_info.value)
+    assert message and "\n" not in message and "\r" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def edgelist_error(tmp_path, content, n=4, *needles):
+    path = tmp_path / "edges.txt"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(TopologyError) as info:
+        build_graph("edgelist", n, rng(), path=str(path))
+    return one_line(info, f"edgelist file {path}", *needles)
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        ("", ["has no edges", "'u v'", "0..nodes-1"]),
+        ("# only a comment\n\n   \n", ["has no edges"]),
+        ("0 0\n3 3\n", ["has only self loops"]),
+        (bytes(range(256)) * 8, ["binary data, not text"]),
+        (b"0 1\n\xff\xfe 2 3\n", ["line 2 is not UTF-8"]),
+        ("0 1\n1\n", ["line 2", "'1'", "two integer node ids"]),
+        ("0 1\n1 2 3\n", ["line 2", "'1 2 3'"]),
+        ("0 1\n# c\n\n1 2.0\n", ["line 4", "'1 2.0'"]),
+        ("0,1\n", ["line 1", "'0,1'"]),
+        ("0 1\n0x1 2\n", ["line 2"]),
+        ("0 1\n" + "1 " + "2" * 100 + "\n", ["line 2", "..."]),  # long lines are cut short
+        ("0 1\n-1 2\n", ["line 2", "node -1", "node ids are 0..3"]),
+        ("0 1\n1 4\n", ["line 2", "node 4", "nodes=4", "0..3"]),
+        ("1 2\n2 3\n3 4\n4 1\n", ["line 3", "node 4"]),  # a 1-based file
+        ("0 1\n1 " + "9" * 5000 + "\n", ["line 2", "node 9999999"]),  # too many digits for int()
+        ("0 1\n1 -" + "9" * 5000 + "\n", ["line 2", "node -999999"]),
+        ("0 1\n1 2\n", ["nodes 0..2 at most but nodes=4; set nodes=3"]),
+    ],
+)
+def test_edgelist_bad_files_are_one_line_errors(tmp_path, content, needles):
+    message = edgelist_error(tmp_path, content, 4, *needles)
+    assert "nodes=0" not in message
+
+
+def test_empty_edgelist_with_default_nodes_names_no_edges(tmp_path):
+    message = edgelist_error(tmp_path, "", 100, "has no edges")
+    assert "set nodes" not in message
+
+
+def test_edgelist_directory(tmp_path):
+    with pytest.raises(TopologyError) as info:
+        build_graph("edgelist", 4, rng(), path=str(tmp_path))
+    one_line(info, str(tmp_path), "is a directory", "topology.path")
+
+
+def test_edgelist_path_with_newline_stays_one_line(tmp_path):
+    with pytest.raises(TopologyError) as info:
+        build_graph("edgelist", 4, rng(), path=str(tmp_path / "a\nb.txt"))
+    one_line(info, "not found", "a\\nb.txt")
+
+
+def test_edgelist_without_read_permission(tmp_path, monkeypatch):
+    path = tmp_path / "edges.txt"
+    path.write_text("0 1\n1 2\n2 3\n")
+    os.chmod(path, 0)
+    if os.access(path, os.R_OK):  # root reads anything: make open() refuse as it would for others
+        def refuse(file, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", file)
+        monkeypatch.setattr(graphs, "open", refuse, raising=False)
+    with pytest.raises(TopologyError) as info:
+        build_graph("edgelist", 4, rng(), path=str(path))
+    one_line(info, str(path), "not readable (permission denied)")
+
+
+def test_edgelist_self_loops_dropped_but_name_their_node(tmp_path):
+    # "3 3" is no link, but it says the file is for 4 nodes; node 3 is then isolated.
+    path = tmp_path / "e.txt"
+    path.write_text("\ufeff0 1\n1 2\n1 0\n3 3\n")  # a byte-order mark, a repeated edge
+    G = build_graph("edgelist", 4, rng(), path=str(path))
+    assert list(G.nodes) == [0, 1, 2, 3] and edges_of(G) == [(0, 1), (1, 2)]
+    with pytest.raises(TopologyError, match="disconnected"):
+        check_graph(G, 4)
+    assert check_graph(G, 4, allow_disconnected=True) is G
+
+
+# Hypothesis: any bytes or lines in an edge-list file give a sound graph or one TopologyError line.
+
+TOKENS = st.one_of(st.integers(-2, 7).map(str), st.sampled_from(["a", "1.5", "0x1", "+1", "#", "# 3 4", "\t", "١"]))
+LINES = st.one_of(st.lists(TOKENS, max_size=4).map(" ".join), st.sampled_from(["", "# comment", "\r"]))
+
+
+@st.composite
+def edgelist_files(draw):
+    """(file bytes, nodes): random bytes, random lines, or a valid edge list with one line swapped
+    for a random one, or left valid."""
+    n = draw(st.integers(1, 7))
+    kind = draw(st.sampled_from(["bytes", "lines", "swapped", "valid", "valid"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300)), n
+    if kind == "lines":
+        return "\n".join(draw(st.lists(LINES, max_size=10))).encode(), n
+    pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), min_size=1, max_size=12))
+    seps = draw(st.lists(st.sampled_from([" ", "\t", "  "]), min_size=len(pairs), max_size=len(pairs)))
+    lines = [f"{u}{sep}{v}" for (u, v), sep in zip(pairs, seps)]
+    if kind == "swapped":
+        lines[draw(st.integers(0, len(lines) - 1))] = draw(LINES)
+    return "\n".join(lines).encode() + draw(st.sampled_from([b"", b"\n", b"\r\n"])), n
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=edgelist_files())
+def test_any_edgelist_builds_soundly_or_is_one_topology_error(case):
+    content, n = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "drawn.txt")
+        with open(path, "wb") as f:
+            f.write(content)
+        try:
+            G = build_graph("edgelist", n, rng(), path=path)
+        except TopologyError as err:
+            assert str(err) and "\n" not in str(err) and "edgelist file" in str(err), str(err)
+            return
+    assert list(G.nodes) == list(range(n)) and nx.number_of_selfloops(G) == 0 and G.number_of_edges() > 0
+    pairs = set()  # what the file says, read independently
+    for line in content.decode("utf-8-sig").split("\n"):
+        ids = line.split("#")[0].split()
+        if ids:
+            u, v = map(int, ids)
+            pairs.add((min(u, v), max(u, v)))
+    assert set(edges_of(G)) == {(u, v) for u, v in pairs if u != v}
+    assert max(max(p) for p in pairs) == n - 1

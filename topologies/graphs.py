@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Callable
 
 import networkx as nx
@@ -71,25 +72,90 @@ def _canonical(G: nx.Graph, n: int) -> nx.Graph:
     return H
 
 
+_EDGELIST_HOWTO = "write one 'u v' pair of node ids 0..nodes-1 per line ('#' starts a comment)"
+_NODE_ID = re.compile(r"-?[0-9]+")
+
+
+def _show(text: str) -> str:
+    """Text fit for a one-line message: as is when printable, else its repr (escapes newlines)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _snippet(line: str) -> str:
+    return repr(line if len(line) <= 40 else line[:40] + "...")
+
+
 def _read_edgelist(path: str | None, n: int) -> nx.Graph:
+    """The graph of an edge-list file on nodes 0..n-1.
+
+    Each line holds two integer node ids "u v" separated by spaces or tabs; "#" starts a
+    comment and blank lines are skipped. Ids are used as they are (no relabelling): they must
+    lie in 0..n-1 and the largest must be n-1, so the file says how many nodes it is for; ids
+    below it that appear in no edge are isolated nodes (check_graph then calls the graph
+    disconnected unless that is allowed). A self loop "v v" is dropped (a node never sends to
+    itself) but still names node v; a repeated edge, in either direction, counts once.
+    Every problem is a one-line TopologyError naming the file and, for a bad line, its number.
+    """
     if path is None:
         raise TopologyError("topology 'edgelist' needs a file; set topology.path to an edge list file")
     path = os.path.expanduser(str(path))
-    if not os.path.isfile(path):
-        raise TopologyError(f"edgelist file not found: {path}")
+    shown = _show(path)
+    if os.path.isdir(path):
+        raise TopologyError(f"edgelist path {shown} is a directory; set topology.path to an edge list file")
+    if not os.path.exists(path):
+        raise TopologyError(f"edgelist file not found: {shown}")
+    where = f"edgelist file {shown}"
+    edges: set[tuple[int, int]] = set()
+    top = -1
     try:
-        G = nx.read_edgelist(path, comments="#", nodetype=int)
-    except (TypeError, ValueError) as exc:
-        msg = str(exc).replace("\n", " ")
-        raise TopologyError(
-            f"could not parse edgelist file {path} ({msg}); write one 'u v' pair of integer node labels per line"
-        ) from None
-    if G.number_of_nodes() != n:
-        raise TopologyError(
-            f"edgelist file {path} has {G.number_of_nodes()} nodes but nodes={n}; set nodes={G.number_of_nodes()}"
-        )
-    # Map the file's labels to 0..n-1 in sorted order.
-    return nx.convert_node_labels_to_integers(G, ordering="sorted")
+        with open(path, "rb") as f:
+            if b"\0" in f.read(8192):
+                raise TopologyError(f"{where} holds binary data, not text; {_EDGELIST_HOWTO}")
+            f.seek(0)
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise TopologyError(f"{where} line {lineno} is not UTF-8 text; {_EDGELIST_HOWTO}") from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                ids = line.split()
+                if len(ids) != 2 or not all(_NODE_ID.fullmatch(t) for t in ids):
+                    raise TopologyError(f"could not parse {where} line {lineno} {_snippet(line)}: expected two "
+                                        f"integer node ids; {_EDGELIST_HOWTO}")
+                pair = []
+                for token in ids:
+                    try:
+                        v = int(token)
+                    except ValueError:  # more digits than Python converts
+                        v = n if token[0] != "-" else -1
+                    if not 0 <= v < n:
+                        shown_id = token if len(token) <= 20 else token[:20] + "..."
+                        raise TopologyError(f"{where} line {lineno} names node {shown_id}, but with nodes={n} "
+                                            f"node ids are 0..{n - 1}; renumber the file or change nodes")
+                    pair.append(v)
+                u, v = pair
+                top = max(top, u, v)
+                if u != v:
+                    edges.add((min(u, v), max(u, v)))
+    except PermissionError:
+        raise TopologyError(f"{where} is not readable (permission denied); make it readable") from None
+    except OSError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise TopologyError(f"{where} could not be read ({reason})") from None
+    if not edges:
+        kind = "only self loops" if top >= 0 else "no edges"
+        raise TopologyError(f"{where} has {kind}; {_EDGELIST_HOWTO}")
+    if top < n - 1:
+        raise TopologyError(f"{where} names nodes 0..{top} at most but nodes={n}; set nodes={top + 1} "
+                            f"(or name node {n - 1} in the file)")
+    G = nx.Graph()
+    G.add_nodes_from(range(n))
+    G.add_edges_from(sorted(edges))
+    return G
 
 
 def build_graph(
@@ -106,7 +172,9 @@ def build_graph(
     """Build the named topology on nodes 0..n-1, self loops removed.
 
     Only the parameters of the chosen topology are checked. Connectivity is
-    not checked here; pass the result through ``check_graph``.
+    not checked here; pass the result through ``check_graph``. An edge-list
+    file (``path``) names node ids 0..n-1 directly, the largest being n-1;
+    ``_read_edgelist`` gives the format and what is an error.
     """
     if name not in TOPOLOGIES:
         raise TopologyError(f"unknown topology {name!r}; choose one of: {', '.join(TOPOLOGIES)}")
