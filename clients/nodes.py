@@ -45,10 +45,10 @@ class TrainConfig:
         if self.local_steps is None and self.local_epochs is None:
             raise ValueError("train.local_steps and train.local_epochs are both null; set one, "
                              "e.g. train.local_steps=1")
-        if self.local_steps is not None and self.local_steps < 1:
-            raise ValueError(f"train.local_steps must be >= 1 or null, got {self.local_steps}")
-        if self.local_epochs is not None and not (0 < self.local_epochs < math.inf):
-            raise ValueError(f"train.local_epochs must be a finite number > 0 or null, got {self.local_epochs}")
+        if self.local_steps is not None and not 1 <= self.local_steps <= 10**6:
+            raise ValueError(f"train.local_steps must be from 1 to 10^6 (per activation) or null, got {self.local_steps}")
+        if self.local_epochs is not None and not (0 < self.local_epochs <= 10**4):
+            raise ValueError(f"train.local_epochs must be a number in (0, 10^4] or null, got {self.local_epochs}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.weight_decay < math.inf:

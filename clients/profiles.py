@@ -97,6 +97,16 @@ class Distribution:
         return 0.0
 
     @property
+    def typical(self) -> float:
+        """A typical draw: the value, the middle of a uniform, a lognormal's median, an
+        exponential's mean."""
+        if self.kind == "constant":
+            return self.value
+        if self.kind in ("uniform", "uniform_int"):
+            return (self.low + self.high) / 2
+        return self.mean
+
+    @property
     def always_positive(self) -> bool:
         """Whether every possible draw is > 0."""
         if self.kind == "constant":

@@ -39,6 +39,9 @@ def merge(own: torch.Tensor, received_sum: torch.Tensor, received_count: torch.T
 WAKE = {"kind": "exponential", "mean": 1.0, "value": 1.0, "low": 0.0, "high": 1.0, "sigma": 0.5}
 
 
+MAX_WAKES_PER_ROUND = 1e6  # more is a run that looks hung: one round would take hours
+
+
 @dataclass
 class GossipConfig(ProtocolConfig):
     beta: float = 0.5
@@ -62,6 +65,10 @@ class GossipConfig(ProtocolConfig):
             raise ValueError(f"protocol.wake: {err}") from None
         if not wake.always_positive:  # a zero interval would wake a node forever at one instant
             raise ValueError("protocol.wake must be > 0 seconds for every wake-up (check its value or low)")
+        if self.mode == "async" and self.round_time / wake.typical > MAX_WAKES_PER_ROUND:
+            raise ValueError(f"protocol.round_time={self.round_time:g} s is {self.round_time / wake.typical:.3g} "
+                             f"wake-ups per node per round (protocol.wake is typically {wake.typical:g} s); "
+                             f"keep it at most {MAX_WAKES_PER_ROUND:.0e}")
 
     @property
     def wake_distribution(self) -> Distribution:
@@ -195,11 +202,19 @@ class Gossip(Protocol):
         return self._wake_dist.quantile(u.numpy())
 
     # sync rounds
+    # (a round ends when every node has trained and every node with neighbours has merged;
+    # an isolated node only trains)
     def _round_start(self, t, nodes, payload):
         self.round += 1
         self.merged = int((self.degree == 0).sum())  # isolated nodes have nothing to wait for
+        self.trained = 0
         everyone = np.arange(self.fleet.n)
         self.engine.schedule("train_done", t + self.fleet.train_time(everyone, t), everyone, start=t)
+
+    def _end_round_if_done(self, t: float) -> None:
+        if self.merged == self.fleet.n and self.trained == self.fleet.n:
+            self.on_round(self.round, t)
+            self.engine.schedule("round_start", t, -1)
 
     # async clock: wake, train for train_time, send; wake again `interval` after the last
     # wake-up, or when training ends if that is later
@@ -213,6 +228,9 @@ class Gossip(Protocol):
     def _train_done(self, t, nodes, payload):
         self.fleet.train(nodes, payload["start"])  # on the rows held when training began
         self.send(t, nodes)
+        if self.cfg.mode == "sync":
+            self.trained += len(nodes)
+            self._end_round_if_done(t)
 
     def send(self, t: float, nodes: np.ndarray) -> None:
         """Each node sends its current model to all its neighbours."""
@@ -237,9 +255,7 @@ class Gossip(Protocol):
             self.merge_nodes(full)
         if self.cfg.mode == "sync":
             self.merged += len(full)
-            if self.merged == self.fleet.n:
-                self.on_round(self.round, t)
-                self.engine.schedule("round_start", t, -1)
+            self._end_round_if_done(t)
 
     def relay_problem(self):
         if self.cfg.mode != "sync":

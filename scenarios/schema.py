@@ -16,6 +16,7 @@ or `model=my_nets.Net` (an nn.Module class) is imported and joins the group on t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -86,6 +87,11 @@ class DataConfig:
 
     def __post_init__(self):
         _choice(self.partition, PARTITIONERS, "data.partition")
+        for key in ("alpha", "exponent"):
+            if not 0 < getattr(self, key) < math.inf:
+                raise ValueError(f"data.{key} must be a finite number > 0, got {getattr(self, key)}")
+        if self.classes_per_node < 1:
+            raise ValueError(f"data.classes_per_node must be >= 1, got {self.classes_per_node}")
         if not 0 <= self.validation < 1:
             raise ValueError(f"data.validation must be in [0, 1), got {self.validation}")
         if self.stream_rate is not None:
@@ -163,11 +169,16 @@ class EvalConfig:
     every: int = 1            # evaluate every k rounds (and always after the last)
     max_nodes: int = 1000     # evaluate a fixed seeded sample of this many nodes when N is larger
     max_test: int = 2000      # use the first max_test test samples (the test split is shuffled)
+    diverged_loss: Optional[float] = 1000.0  # a model whose test loss exceeds this multiple of
+    # the initial models' mean test loss (or of 1, if larger) has diverged, as has one with
+    # NaN/inf parameters (null: only those)
 
     def __post_init__(self):
         for k in ("every", "max_nodes", "max_test"):
             if getattr(self, k) < 1:
                 raise ValueError(f"eval.{k} must be >= 1, got {getattr(self, k)}")
+        if self.diverged_loss is not None and not 1 < self.diverged_loss < math.inf:
+            raise ValueError(f"eval.diverged_loss must be a finite number > 1 or null, got {self.diverged_loss}")
 
 
 @dataclass
@@ -200,13 +211,32 @@ class RunConfig:
     sim: SimConfig = field(default_factory=SimConfig)
 
     def __post_init__(self):
-        for key, low in (("nodes", 1), ("rounds", 1), ("seed", 0)):
-            if getattr(self, key) < low:
-                raise ValueError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
+        check_numbers(self)
+        for key, low, high in (("nodes", 1, 10**9), ("rounds", 1, 10**9), ("seed", 0, 2**32 - 1)):
+            if not low <= getattr(self, key) <= high:
+                raise ValueError(f"{key} must be an integer from {low} to {high}, got {getattr(self, key)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda")
         if not _distribution(self.speed, "speed").always_positive:
             raise ValueError("speed must be > 0 samples/s for every node (check speed.value or speed.low)")
+
+
+MAX_INT = 10**12  # no count in a scenario is larger; beyond it int64 arithmetic can overflow
+
+
+def check_numbers(obj, prefix: str = "") -> None:
+    """Over every field of a config (nested): no integer beyond +-MAX_INT and no NaN, whatever
+    the key (the fields' own checks then say what else is allowed)."""
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if hasattr(value, "__dataclass_fields__"):
+            check_numbers(value, key + ".")
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                raise ValueError(f"{key} must be at most 10^12 in size, got {v}")
+            if isinstance(v, float) and math.isnan(v):
+                raise ValueError(f"{key} must be a number, got nan")
 
 
 # the ConfigStore: the schema and every group option
@@ -326,6 +356,13 @@ def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:
         group, _, value = text.split("'")[1].partition("/")
         if group in GROUPS:
             return f"unknown {group} {value!r}; choose one of: {', '.join(options(group))}"
+    typed = re.match(r"Value '(.*)' (?:of type '\w+' could not be converted to|is not a valid) (\w+)", text)
+    if typed and key:  # OmegaConf's type error, said the way the rest of our errors are
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
+                "String": "a string"}.get(typed.group(2), typed.group(2))
+        return f"{key} must be {kind}, got {typed.group(1)!r}"
+    if key and ("is not a ListConfig" in text or "Cannot merge DictConfig with ListConfig" in text):
+        return f"{key} must be a list, e.g. {key}=[32,16]"
     return f"{key}: {text}" if key else text
 
 
@@ -367,6 +404,11 @@ def resolve(config: Mapping[str, Any] | DictConfig | RunConfig | None = None,
         return _to_object(cfg)
     mapping: dict = {}
     choices: list[str] = []
+    if config is not None and not isinstance(config, (Mapping, DictConfig)):
+        raise ConfigError(f"config must be a mapping such as {{'nodes': 8}} (or a RunConfig), "
+                          f"got {type(config).__name__}")
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError("overrides must be a list of strings such as ['nodes=8', 'rounds=2']")
     if config is not None:
         mapping = {k: v for k, v in (OmegaConf.to_container(config) if isinstance(config, DictConfig)
                                      else dict(config)).items() if k != "hydra"}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import protocols
-from clients.datasets import Dataset, load_dataset
+from clients.datasets import Dataset, available_memory_bytes, load_dataset
 from clients.fleet import Fleet
 from clients.nodes import NodeData
 from clients.partition import partition
@@ -52,6 +52,7 @@ class World:
     stream_rates: np.ndarray | None  # [N] rows/s reaching each node (None: all rows at t = 0)
     model: BatchedModel           # the template, its row layout and the task
     protocol_class: type
+    given_weights: bool = False   # a module passed to assemble(): every node starts from its weights
 
     @property
     def n(self) -> int:
@@ -88,15 +89,25 @@ class World:
         return self.protocol_class(self.cfg.protocol, self)
 
     def initial_models(self, independent: bool) -> torch.Tensor:
-        """[N, P] first models: one random draw per node, or one shared draw."""
+        """[N, P] first models: one random draw per node, or one shared draw; or, for a module
+        given to assemble(), its own weights in every row."""
+        if self.given_weights:
+            return self.template_row().expand(self.n, -1).clone()
         return init_stack(self.model.module, self.layout, self.n, derive_seed(self.seed, "init"),
                           independent=independent, device=self.device)
 
     def initial_row(self, node: int, independent: bool) -> torch.Tensor:
         """Row `node` of initial_models(independent) [P], without drawing the others."""
+        if self.given_weights:
+            return self.template_row()
         rows = node + 1 if independent else 1  # row i of init_stack does not depend on N
         return init_stack(self.model.module, self.layout, rows, derive_seed(self.seed, "init"),
                           independent=independent, device=self.device)[-1]
+
+    def template_row(self) -> torch.Tensor:
+        """The template module's own weights as one float32 row [P]."""
+        params = dict(self.model.module.named_parameters())
+        return self.layout.flatten(params).detach().to(self.device, torch.float32)
 
     def node_data(self, only=None) -> NodeData:
         """The nodes' data on the device, ready for batched training (`only`: these nodes)."""
@@ -210,13 +221,70 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
     server_latency = latency.sample(cfg.nodes, srv)
     server_bandwidth = bandwidth.sample(cfg.nodes, srv)
 
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_memory(cfg, model if model is not None else _on_meta(cfg, data))
     module = model if model is not None else build_model(cfg, data)
     try:
         batched = BatchedModel(module.to(cfg.device), data.task)
     except ValueError as err:  # no parameters, or buffers
         raise ConfigError(f"model: {err}") from None
+    probe(batched, data, cfg.device)
     return World(cfg, data, owner, val_owner, graph, name, server_latency, server_bandwidth, speeds,
-                 stream_rates, batched, proto)
+                 stream_rates, batched, proto, given_weights=model is not None)
+
+
+STACK_COPIES = 3  # [N, P] float32 stacks any run holds at least (models, gradients, a merge buffer)
+
+
+def _on_meta(cfg: RunConfig, data: Dataset) -> nn.Module | None:
+    """The named model built without memory (parameters on the meta device), to count them."""
+    try:
+        with torch.device("meta"):
+            return build_model(cfg, data)
+    except ConfigError:
+        raise
+    except Exception:  # a user module that cannot be built on meta: it is built for real next
+        return None
+
+
+def check_memory(cfg: RunConfig, module: nn.Module | None) -> None:
+    """Refuse, before allocating, a node stack that cannot fit in the device's free memory."""
+    if module is None:
+        return
+    p = sum(t.numel() for t in module.parameters())
+    need = cfg.nodes * p * 4 * STACK_COPIES + p * 4
+    if cfg.device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(cfg.device))[0]
+    else:
+        free = available_memory_bytes()
+    if free is not None and need > free:
+        raise ConfigError(f"this run needs at least {need / 1e9:.3g} GB ({cfg.nodes:,} nodes x {p:,} parameters "
+                          f"x 4 bytes x {STACK_COPIES} copies) but {free / 1e9:.3g} GB is free on {cfg.device}; "
+                          "use fewer nodes or a smaller model")
+
+
+def probe(batched: BatchedModel, data: Dataset, device: str) -> None:
+    """Run the template once, batched, on two training rows: a model that cannot run in a node
+    stack, or that does not fit the data, is a one-line ConfigError here, not a traceback later."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in batched.module.modules()):
+        raise ConfigError("model: Dropout layers cannot run in a node stack (their random masks would not "
+                          "come from the run's seed); remove them")
+    x = torch.as_tensor(data.X_train[:2], dtype=torch.float32, device=device)
+    y = torch.as_tensor(data.y_train[:2], dtype=batched.task.label_dtype, device=device)
+    row = batched.layout.flatten(dict(batched.module.named_parameters())).detach().to(device, torch.float32)
+    try:
+        logits = batched.logits(row[None], x)
+        if tuple(logits.shape[1:]) != (len(x), data.n_classes):
+            raise ConfigError(f"model outputs {tuple(logits.shape[2:])} values per sample; the data needs "
+                              f"{data.n_classes} ({'labels' if data.task == 'multilabel' else 'classes'})")
+        batched.grad(row[None], x[None], y[None])
+    except ConfigError:
+        raise
+    except Exception as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model cannot run on this data ({data.n_features} features per sample, "
+                          f"image shape {data.image_shape}): {text}") from None
 
 
 __all__ = ["World", "assemble", "build_model", "rng"]

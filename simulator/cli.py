@@ -6,43 +6,104 @@
     murmur -m protocol=fedavg,gossip seed=0,1,2   # a sweep: one run per combination
 
 A user mistake (unknown protocol, nodes=0, a misspelt key, a missing file) prints one line
-naming the problem and what is allowed, and exits with code 2.
+naming the problem and what is allowed, and exits with code 2. Every run prints one last line
+that starts with its status. Exit codes: 0 completed, 1 failed (an error inside the run; its
+traceback is saved in the run directory), 2 a user mistake, 3 diverged, 130 SIGINT (Ctrl-C),
+143 SIGTERM; the interrupted run has written its summary.json and curves.png first. In a
+sweep (`-m`) a job that fails does so alone: the other jobs run, and the sweep ends with one
+line naming the jobs that did not complete, and exit code 1.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from clients.datasets import DataError
 from clients.partition import PartitionError
 from protocols import ProtocolError
 from scenarios import SCENARIOS, ConfigError, compose, resolve
-from scenarios.schema import ensure_option, group_choices
-from simulator.run import run, summary_line
+from scenarios.schema import ensure_option, explain, group_choices
+from simulator.metrics import write_json
+from simulator.run import Interrupted, RunWarning, one_line, run, summary_line
 from topologies import TopologyError
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, ProtocolError, TopologyError)
+EXIT = {"completed": 0, "failed": 1, "user_error": 2, "diverged": 3}
+# Hydra's flags that take a value (the value is not an override)
+VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+               "-cd", "--config-dir", "--experimental-rerun", "--info", "-i"}
 
 
-def _fail(message: str) -> None:
-    print(f"murmur: error: {message}", file=sys.stderr)
-    sys.exit(2)
+class UsageError(Exception):
+    """A bad command line, found before Hydra starts."""
+
+
+@dataclass
+class Job:
+    number: int
+    overrides: list[str]
+    code: int
+    line: str
+
+
+JOBS: list[Job] = []  # the jobs this process ran (a sweep's, in order)
+
+
+def overrides_of(args: list[str]) -> list[str]:
+    """The overrides among the command-line words; a bare word (no '=') is a UsageError."""
+    out, after_flag = [], False
+    for a in args:
+        if after_flag:
+            after_flag = False
+        elif a.startswith("-"):
+            after_flag = a in VALUE_FLAGS
+        elif "=" in a or a.startswith("~"):
+            out.append(a)
+        else:
+            raise UsageError(f"cannot read {a!r}: write each setting as key=value (e.g. {a}=...); "
+                             "`murmur --help` lists the keys")
+    return out
 
 
 def check_overrides(args: list[str]) -> None:
-    """Catch a bad choice, key or value before Hydra prints a multi-line error: every group
-    choice of a sweep is checked (user modules are imported and join their group), and the
-    first job is composed and typed."""
-    overrides = [a for a in args if not a.startswith("-") and "=" in a]
-    try:
-        for group, option in group_choices(overrides):  # every option of a sweep
-            ensure_option(group, option)
-        resolve(compose(first_job(overrides)))
-    except USER_ERRORS as err:
-        _fail(str(err))
+    """Catch a bad command line before Hydra prints a multi-line error. One run: the job is
+    composed and typed. A sweep: every group choice is checked (user modules are imported and
+    join their group) and every swept value is typed against its key; a value that only fails
+    its range check fails its own job, alone."""
+    multirun = "-m" in args or "--multirun" in args
+    overrides = overrides_of(args)
+    for group, option in group_choices(overrides):  # every option of a sweep
+        ensure_option(group, option)
+    first = compose(first_job(overrides))
+    if not multirun:
+        resolve(first)
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group.lstrip("+~")
+        if not o.is_sweep_override() or key.startswith("hydra") or key in ("experiment", "arm", *GROUP_KEYS):
+            continue
+        for value in o.sweep_iterator():
+            trial = first.copy()
+            try:
+                OmegaConf.update(trial, key, value, merge=True)
+            except Exception as err:
+                raise ConfigError(f"{explain(err)} (in the sweep {o.input_line!r})") from None
+
+
+GROUP_KEYS = ("protocol", "topology", "data", "model")
 
 
 def first_job(overrides: list[str]) -> list[str]:
@@ -54,19 +115,85 @@ def first_job(overrides: list[str]) -> list[str]:
             else o.input_line for o in parsed if not o.key_or_group.lstrip("+~").startswith("hydra")]
 
 
-@hydra.main(config_path=str(SCENARIOS), config_name="config", version_base=None)
-def _app(cfg: DictConfig) -> None:
-    out_dir = HydraConfig.get().runtime.output_dir
+def run_job(cfg: DictConfig, out_dir: Path) -> tuple[int, str]:
+    """One job: (exit code, its last line). A user mistake or an error inside the run ends this
+    job alone, with a summary.json that says so; interrupts are raised again."""
     try:
         result = run(resolve(cfg), out_dir=out_dir)
     except USER_ERRORS as err:
-        _fail(str(err))
-    print(summary_line(result.summary))
+        write_json(out_dir / "summary.json", {"status": "failed", "status_detail": str(err),
+                                              "user_error": True})
+        return EXIT["user_error"], f"murmur: error: {err}"
+    except Exception as err:
+        trace = out_dir / "traceback.txt"
+        trace.write_text(traceback.format_exc())
+        if not (out_dir / "summary.json").exists():  # the run writes its own once it started
+            write_json(out_dir / "summary.json", {"status": "failed", "status_detail": str(err)})
+        return EXIT["failed"], f"murmur: error: the run failed: {one_line(err)} (traceback in {trace})"
+    return EXIT[result.status], summary_line(result.summary)
+
+
+@hydra.main(config_path=str(SCENARIOS), config_name="config", version_base=None)
+def _app(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    code, line = run_job(cfg, Path(hc.runtime.output_dir))
+    JOBS.append(Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code, line))
+    print(line, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+
+
+def _sigterm(signum, frame):
+    raise Interrupted(signum)
 
 
 def main() -> None:
-    check_overrides(sys.argv[1:])
-    _app()
+    JOBS.clear()
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach us whole; we print one line
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunWarning)  # the last line already says it
+            _main(sys.argv[1:])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+def _main(args: list[str]) -> None:
+    try:
+        check_overrides(args)
+        _app()
+    except KeyboardInterrupt:
+        _exit(130, "murmur: interrupted (SIGINT); what the run measured is in its directory")
+    except Interrupted:
+        _exit(143, "murmur: interrupted (SIGTERM); what the run measured is in its directory")
+    except (UsageError, *USER_ERRORS) as err:
+        _exit(2, f"murmur: error: {err}")
+    except OSError as err:  # e.g. Hydra cannot create the output directory
+        _exit(2, f"murmur: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "))
+    except (HydraException, OmegaConfBaseException) as err:  # e.g. a sweep job that cannot compose
+        _exit(2, f"murmur: error: {explain(err)}")
+    except Exception as err:
+        if os.environ.get("MURMUR_TRACEBACK"):
+            raise
+        _exit(1, f"murmur: error: internal error: {one_line(err)} (MURMUR_TRACEBACK=1 shows where)")
+    if len(JOBS) > 1 or "-m" in args or "--multirun" in args:
+        bad = [j for j in JOBS if j.code != 0]
+        if bad:
+            names = "; ".join(f"#{j.number} ({' '.join(j.overrides)}): exit {j.code}" for j in bad)
+            _exit(1, f"murmur: sweep: {len(JOBS) - len(bad)} of {len(JOBS)} jobs completed; not completed: {names}")
+        print(f"murmur: sweep: all {len(JOBS)} jobs completed")
+        return
+    if JOBS:
+        sys.exit(JOBS[0].code)
+
+
+def _exit(code: int, line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """The metrics recorder: metrics.csv (flushed row by row, so a crash loses nothing already
-measured), summary.json and curves.png in the run directory."""
+measured), summary.json and curves.png in the run directory.
+
+Both files are strict: metrics.csv leaves a cell empty where a value is NaN (not measured, or
+not a number), and summary.json holds no bare NaN/Infinity tokens (NaN becomes null, an
+infinity the string "inf" or "-inf", which float() reads back). summary.json is written to a
+temporary name and renamed, so a reader never sees half a file."""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 
@@ -16,7 +22,12 @@ class Recorder:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._file = self._writer = None
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                from scenarios import ConfigError
+                raise ConfigError(f"cannot create the run directory {self.out_dir}: "
+                                  f"{err.strerror or err}") from None
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
@@ -26,7 +37,7 @@ class Recorder:
             self._file = open(self.out_dir / "metrics.csv", "w", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=list(row))
             self._writer.writeheader()
-        self._writer.writerow(row)
+        self._writer.writerow({k: _cell(v) for k, v in row.items()})
         self._file.flush()
 
     def close(self, summary: dict) -> None:
@@ -35,14 +46,39 @@ class Recorder:
             self._file.close()
         if self.out_dir is None:
             return
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
+        write_json(self.out_dir / "summary.json", summary)
         if self.rows:
-            plot_curves(self.rows, self.out_dir / "curves.png", title=summary.get("title", ""),
-                        headline=self.headline)
+            try:
+                plot_curves(self.rows, self.out_dir / "curves.png", title=summary.get("title", ""),
+                            headline=self.headline)
+            except Exception as err:  # the figure is a view of metrics.csv: never lose the run over it
+                warnings.warn(f"curves.png not drawn: {type(err).__name__}: {err}", stacklevel=2)
 
 
-def _plain(x):
-    return x.item() if hasattr(x, "item") else str(x)
+def _cell(v):
+    return "" if isinstance(v, float) and math.isnan(v) else v
+
+
+def strict(x):
+    """x with every float JSON can hold: NaN -> None, +-inf -> "inf"/"-inf" (recursively)."""
+    if hasattr(x, "item") and not isinstance(x, (list, tuple, dict, str)):
+        x = x.item() if getattr(x, "ndim", 0) == 0 else x.tolist()
+    if isinstance(x, float):
+        return None if math.isnan(x) else (("inf" if x > 0 else "-inf") if math.isinf(x) else x)
+    if isinstance(x, dict):
+        return {str(k): strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict(v) for v in x]
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    return str(x)
+
+
+def write_json(path: Path, obj) -> None:
+    """Strict JSON, written whole or not at all (a temporary file renamed over the target)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(strict(obj), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "", headline: str = "accuracy") -> None:

@@ -21,15 +21,28 @@ except ImportError:  # pragma: no cover
 
 
 def load_sweep(sweep_dir: str | Path) -> dict[str, list[dict]]:
-    """{arm: [ {summary, metrics: {column: np.array}} per seed ]} from a sweep directory."""
+    """{arm: [ {summary, metrics: {column: np.array}} per seed ]} from a sweep directory: only
+    the runs that completed (see `incomplete_runs` for the others)."""
     arms: dict[str, list[dict]] = {}
     for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
+        if summary.get("status", "completed") != "completed":
+            continue
         rows = list(csv.DictReader(open(summary_path.parent / "metrics.csv")))
-        cols = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+        cols = {k: np.array([float(r[k]) if r[k] != "" else math.nan for r in rows]) for k in rows[0]} if rows else {}
         arm = summary.get("label") or summary["config"]["protocol"]["name"]
         arms.setdefault(arm, []).append({"summary": summary, "metrics": cols})
     return arms
+
+
+def incomplete_runs(sweep_dir: str | Path) -> list[str]:
+    """'job: status (why)' for every run of the sweep that did not complete."""
+    out = []
+    for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status", "completed") != "completed":
+            out.append(f"{summary_path.parent.name}: {summary['status']} ({summary.get('status_detail', '')})")
+    return out
 
 
 def time_to_reach(times: np.ndarray, acc: np.ndarray, target: float) -> float:
@@ -95,6 +108,9 @@ def write_report(sweep_dir: str | Path, reference: str | None = None, title: str
     lines.append("| " + " | ".join(keys) + " |")
     lines.append("|" + "---|" * len(keys))
     lines += ["| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |" for row in table]
+    left_out = incomplete_runs(sweep_dir)
+    if left_out:
+        lines += ["", f"Left out ({len(left_out)} runs did not complete):", ""] + [f"- {x}" for x in left_out]
     md = "\n".join(lines) + "\n"
     (sweep_dir / "report.md").write_text(md)
     plot_arms(arms, sweep_dir / "report.png", title)

@@ -8,13 +8,27 @@
 A run is the scenario assembly (scenarios.assemble: the World), the protocol built on it, the
 engine that drives the protocol's events, and the recorder. `config` may be a mapping (any
 part of a config; the rest keeps its defaults) instead of, or on top of, overrides; `graph` (a
-networkx graph) and `model` (a torch nn.Module template) replace the named ones.
+networkx graph) and `model` (a torch nn.Module whose weights every node starts from) replace
+the named ones.
+
+Every run ends with a status in summary.json and in `RunResult.status`:
+  completed    all rounds ran;
+  diverged     a model's parameters became NaN or inf (found at an evaluation): the run stops
+               there and `status_detail` names the nodes and the round;
+  interrupted  SIGINT (Ctrl-C) or SIGTERM: summary.json and curves.png are still written, then
+               KeyboardInterrupt or `Interrupted` is raised again;
+  failed       an error inside the run (written, then raised again), or a run that stalled
+               (no event left before the last round).
 """
 from __future__ import annotations
 
 import math
 import platform
+import signal
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,10 +53,49 @@ class RunResult:
     event_log: list | None = None
     final_models: torch.Tensor | None = None  # Protocol.models() at the end: [N, P] or the global [1, P]
 
+    @property
+    def status(self) -> str:
+        """completed, diverged, interrupted or failed (see the module docstring)."""
+        return self.summary.get("status", "completed")
+
     def table(self):
         """The metrics as a pandas DataFrame (pandas is optional)."""
         import pandas as pd
         return pd.DataFrame(self.metrics)
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived during a run (SIGINT raises KeyboardInterrupt). A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` swallows it."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunWarning(RuntimeWarning):
+    """A run returned without completing (diverged, or stalled): see RunResult.status."""
+
+
+class Diverged(Exception):
+    """Some model rows became non-finite."""
+
+
+@contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises Interrupted (so the run can write what it has)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Sequence[str] = (),
@@ -67,17 +120,30 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.rounds, desc=f"{cfg.protocol.name} x{cfg.nodes}", unit="round", leave=False)
 
+    first_loss = []  # the initial models' mean test loss (at least 1): the yardstick of eval.diverged_loss
+
     def evaluate(r: int, t: float) -> None:
         models = protocol.models()
+        ok = torch.isfinite(models.sum(dim=1))  # NaN/inf anywhere in a row (or values near float32's max)
         rows = models if eval_nodes is None or len(models) == 1 else models[eval_nodes]
+        scores = world.evaluate(rows)
+        loss = scores["loss"]
+        if not first_loss:
+            finite = loss[torch.isfinite(loss)]
+            first_loss.append(max(1.0, float(finite.mean())) if len(finite) else math.inf)
+        limit = math.inf if cfg.eval.diverged_loss is None else cfg.eval.diverged_loss * first_loss[0]
+        exploded = ~torch.isfinite(loss) | (loss > limit)
+        ok[eval_nodes if eval_nodes is not None and len(models) > 1 else slice(None)] &= ~exploded
         row = {"round": r, "sim_time_s": t, "wall_time_s": time.perf_counter() - wall0,
-               **world.task.columns(world.evaluate(rows)),
+               **world.task.columns(scores),
                "consensus_distance": consensus_distance(models), "bytes_sent": protocol.bytes_sent,
                "train_loss": protocol.train_loss(), **protocol.prequential_metrics(),
                **protocol.extra_metrics(), **layer_variances(rows, world.layout)}
         recorder.add(row)
         if bar is not None:
             bar.set_postfix({world.task.headline[:8]: f"{row[world.task.headline + '_mean']:.3f}"})
+        if not bool(ok.all()):
+            raise Diverged(diverged_message(ok, r, t))
 
     def on_round(r: int, t: float) -> None:
         if bar is not None:
@@ -88,15 +154,52 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
             engine.stop()
 
     protocol.attach(engine, on_round)
+    status, detail = "completed", ""
     try:
-        evaluate(0, 0.0)  # the initial models: round 0
-        protocol.start()
-        engine.run()
+        with sigterm_raises():
+            evaluate(0, 0.0)  # the initial models: round 0
+            protocol.start()
+            engine.run()
+        done = recorder.rows[-1]["round"]
+        if done < cfg.rounds:
+            status, detail = "failed", (f"the run stalled after round {done} of {cfg.rounds}: no event was "
+                                        f"left (at simulated time {engine.now:.6g} s)")
+    except Diverged as err:
+        status, detail = "diverged", str(err)
+    except KeyboardInterrupt:
+        status, detail = "interrupted", "SIGINT"
+        raise
+    except Interrupted as err:
+        status, detail = "interrupted", str(err)
+        raise
+    except BaseException as err:
+        status, detail = "failed", one_line(err)
+        raise
     finally:
         if bar is not None:
             bar.close()
-        recorder.close(summarize(cfg, world, protocol, engine, recorder.rows, time.perf_counter() - wall0))
+        recorder.close({"status": status, "status_detail": detail,
+                        **summarize(cfg, world, protocol, engine, recorder.rows, time.perf_counter() - wall0)})
+    if status != "completed":
+        warnings.warn(f"run {status}: {detail}", RunWarning, stacklevel=2)
     return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().clone())
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def diverged_message(ok: torch.Tensor, r: int, t: float) -> str:
+    """Which models diverged (non-finite parameters or an exploded test loss), and when."""
+    bad = torch.nonzero(~ok).flatten().tolist()
+    if len(ok) == 1:
+        who = "the global model"
+    else:
+        listed = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        who = f"{len(bad)} of {len(ok)} nodes (nodes {listed})"
+    return (f"at round {r} (simulated time {t:.6g} s) {who} diverged: non-finite parameters or a test "
+            f"loss above eval.diverged_loss x the initial; lower train.lr, or check the data")
 
 
 def layer_variances(rows: torch.Tensor, layout) -> dict[str, float]:
@@ -134,10 +237,13 @@ def summarize(cfg: RunConfig, world: World, protocol, engine: Engine, rows: list
 
 
 def summary_line(summary: dict) -> str:
-    f = summary["final"]
+    """The last line a run prints: its status, what it reached, and what it took."""
+    f = {k: math.nan if v is None else float(v) for k, v in summary["final"].items()}
     head = summary.get("headline", "accuracy")
     name = "test accuracy" if head == "accuracy" else f"test {head.replace('_', '-')}"
-    return (f"murmur: {summary['title']}: {summary['rounds_completed']} rounds, "
+    status = summary.get("status", "completed")
+    why = f" ({summary['status_detail']})" if status != "completed" else ""
+    return (f"murmur: {status}{why}: {summary['title']}: {summary['rounds_completed']} rounds, "
             f"{name} {f.get(head + '_mean', math.nan):.4f} (min {f.get(head + '_min', math.nan):.4f}), "
             f"sim time {summary['sim_time_s']:.2f} s, wall time {summary['wall_time_s']:.1f} s, "
             f"{summary['bytes_sent'] / 1e6:.1f} MB sent")

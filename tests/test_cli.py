@@ -26,7 +26,7 @@ def murmur(*args, cwd, timeout=240):
     (["topology.latency=-1"], "topology.latency must be finite and >= 0 seconds"),   # FedAvg's server links too
     (["topology.bandwidth=0"], "topology.bandwidth must be > 0 bytes/s"),
     (["protocol=gossip", "protocol.mode=async", "protocol.wake=0", "speed=inf"], "protocol.wake must be > 0"),
-    (["nodes=0"], "nodes must be an integer >= 1"),
+    (["nodes=0"], "nodes must be an integer from 1 to"),
     (["protocol.fraction=1.5"], "fraction must be in (0, 1]"),
     (["data=npz", "data.path=missing.npz"], "npz file not found: missing.npz"),
     (["data=npz"], "data.path"),
@@ -71,4 +71,5 @@ def test_run_and_sweep_write_their_outputs(tmp_path):
     combos = {(json.loads(s.read_text())["config"]["protocol"]["name"], json.loads(s.read_text())["seed"])
               for s in summaries}
     assert combos == {("fedavg", 0), ("fedavg", 1), ("gossip", 0), ("gossip", 1)}
-    assert p.stdout.count("murmur: ") == 4  # one summary line per job
+    assert p.stdout.count("murmur: completed: ") == 4  # one summary line per job
+    assert p.stdout.strip().splitlines()[-1] == "murmur: sweep: all 4 jobs completed"
