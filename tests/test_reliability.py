@@ -256,3 +256,13 @@ def test_summary_json_is_strict_even_with_infinite_settings(tmp_path):
     cells = dict(zip(header.split(","), row0.split(",")))
     assert cells["train_loss"] == ""  # not measured before any training: an empty cell
     assert np.isfinite(float(cells["accuracy_mean"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_on_cuda_divergence_and_memory_are_caught():
+    with pytest.warns(RuntimeWarning):
+        res = run(overrides=[*TINY, "train.lr=1e6", "device=cuda"])
+    assert res.status == "diverged"
+    cfg = resolve(overrides=["nodes=1000", "model.hidden=[1000000,1000]", "device=cuda"])
+    with pytest.raises(ConfigError, match="GB is free on cuda"):
+        assemble(cfg)
