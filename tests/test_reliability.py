@@ -196,6 +196,32 @@ def test_more_mistakes_are_one_line(tmp_path, capsys, monkeypatch, args, needle)
     assert code == 2 and needle in one_line(err)
 
 
+@pytest.mark.parametrize("args, needle", [  # the QA pass's examples, each by name
+    (["eval.every=1.5"], "eval.every must be an integer, got '1.5'"),
+    (["train.local_epochs=inf"], "train.local_epochs must be a number in (0, 10^4]"),
+    (["train.lr=nan"], "train.lr must be a finite number > 0, got nan"),
+    (["protocol.fraction=nan"], "protocol.fraction must be in (0, 1], got nan"),
+    (["protocol.deadline=inf"], "protocol.deadline must be a finite number > 0"),
+    (["protocol=gossip", "topology.degree=many"], "topology.degree must be an integer, got 'many'"),
+    (["protocol=gossip", "topology=small_world", "topology.k=2.0"], "topology.k must be an integer, got '2.0'"),
+    (["data=synthetic", "data.n_samples=1000.5"], "data.n_samples must be an integer, got '1000.5'"),
+    (["data=synthetic", "data.n_samples=1e12"], "data.n_samples must be an integer"),
+    (["data=synthetic", "data.n_samples=100000000000"], "GB"),
+    (["train.lr=abc"], "train.lr must be a number, got 'abc'"),
+    (["topology.allow_disconnected=perhaps"], "topology.allow_disconnected must be true or false, got 'perhaps'"),
+])
+def test_the_qa_examples_are_one_line(tmp_path, capsys, monkeypatch, args, needle):
+    code, out, err = cli([*args, "sim.progress=false", f"hydra.run.dir={tmp_path}/r"], capsys, monkeypatch, tmp_path)
+    assert code == 2 and needle in one_line(err)
+
+
+def test_booleans_are_real_and_local_steps_win_over_the_default_epochs():
+    cfg = resolve(overrides=["topology.allow_disconnected=no", "train.local_steps=10"])
+    assert cfg.topology.allow_disconnected is False
+    assert cfg.train.steps(np.array([100, 5, 0])).tolist() == [10, 10, 0]
+    assert resolve(overrides=["data=synthetic", "data.class_sep=2.0"]).data.class_sep == 2.0
+
+
 def test_an_output_directory_that_cannot_be_made_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("x")
     code, out, err = cli([*TINY, f"hydra.run.dir={tmp_path}/file/run"], capsys, monkeypatch, tmp_path)
