@@ -172,6 +172,9 @@ def _main(args: list[str]) -> None:
         _exit(143, "murmur: interrupted (SIGTERM); what the run measured is in its directory")
     except (UsageError, *USER_ERRORS) as err:
         _exit(2, f"murmur: error: {err}")
+    except BrokenPipeError:  # `murmur --info | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except OSError as err:  # e.g. Hydra cannot create the output directory
         _exit(2, f"murmur: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "))
     except (HydraException, OmegaConfBaseException) as err:  # e.g. a sweep job that cannot compose
