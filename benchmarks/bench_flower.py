@@ -36,10 +36,6 @@ def per_round(ends: list[float]) -> float:
     return statistics.median(gaps) if gaps else float("nan")
 
 
-def training_rows(metrics: list[dict]) -> list[dict]:
-    return [m for m in metrics if not m.get("merge_only")]
-
-
 def simulator(overrides: list[str]) -> dict:
     from simulator import run
 
@@ -50,7 +46,7 @@ def simulator(overrides: list[str]) -> dict:
 
 def bridge_figures(summary: dict, total: float) -> dict:
     rows = summary["metrics"]
-    return {"total": total, "round": per_round([m["wall_time_s"] for m in training_rows(rows)]),
+    return {"total": total, "round": per_round([m["wall_time_s"] for m in rows]),
             "accuracy": rows[-1]["accuracy_mean"]}
 
 

@@ -16,6 +16,11 @@ start of the node's next message, so the final models are the simulator's. A rep
 error, late (past `round-timeout`) or fails the checks in `wire` is logged and dropped: the
 relay keeps forwarding that vertex's last good, stale model.
 
+The metrics rows mean what the simulator's metrics.csv rows mean: row 0 the initial models, row
+r the models after round r's merge. A node merges round r's models only at the start of its
+next message, so the relay evaluates the merge its nodes will make: each vertex's last model
+merged with the neighbours' models it forwards (Protocol.merge_received, the nodes' own rule).
+
 The server sees every model it forwards: this is not privacy-equivalent to peer-to-peer gossip.
 """
 from __future__ import annotations
@@ -42,7 +47,7 @@ POLL_S = 0.25  # how often the relay asks for replies (Grid.send_and_receive wai
 @dataclass
 class RelayResult:
     models: dict[int, torch.Tensor]                    # vertex -> final model [P]
-    metrics: list[dict] = field(default_factory=list)  # one row per message round
+    metrics: list[dict] = field(default_factory=list)  # rounds 0..R, as the simulator's rows
 
 
 class Relay:
@@ -119,27 +124,36 @@ class Relay:
             log.warning("round %d: no reply in time from vertices %s; their stale models stay", r, late)
         return {"good": good, "rejected": len(rejected), "missing": len(late)}
 
+    def merged(self) -> dict[int, torch.Tensor]:
+        """Every vertex's model after this round's merge, as its node computes it from the models
+        the relay forwards it next (a vertex with no model yet is left out)."""
+        out = {}
+        for v, own in self.latest.items():
+            received = [self.latest[u] for u in sorted(self.sc.graph.neighbors(v)) if u in self.latest]
+            out[v] = self.sc.protocol.merge_received(own, torch.stack(received)) if received else own
+        return out
+
     def run(self, rounds: int) -> RelayResult:
         result = RelayResult({})
-        for r in range(1, rounds + 2):
-            merge_only = r > rounds
-            out = self.round(r, merge_only)
-            if merge_only:
-                result.models = {**self.latest, **out["good"]}
-            else:
-                self.latest.update(out["good"])
-            models = result.models if merge_only else self.latest
-            result.metrics.append(self._metrics(r, merge_only, models, out))
+        result.metrics.append(self._metrics(0, {v: self.sc.initial_row(v) for v in self.node_of}))
+        for r in range(1, rounds + 1):
+            out = self.round(r)
+            self.latest.update(out["good"])
+            result.metrics.append(self._metrics(r, self.merged(), out))
+        out = self.round(rounds + 1, merge_only=True)
+        # the nodes' own merged models; for a node that did not answer, the merge it would make
+        result.models = {**self.merged(), **out["good"]}
+        log.info("relay: final merge answered by %d of %d vertices", len(out["good"]), len(self.node_of))
         return result
 
-    def _metrics(self, r: int, merge_only: bool, models: dict, out: dict) -> dict:
-        row = {"round": r, "merge_only": merge_only, "accepted": len(out["good"]),
-               "rejected": out["rejected"], "missing": out["missing"],
-               "wall_time_s": time.perf_counter() - self.t0}
+    def _metrics(self, r: int, models: dict, out: dict | None = None) -> dict:
+        row = {"round": r}
+        if out is not None:
+            row.update(accepted=len(out["good"]), rejected=out["rejected"], missing=out["missing"])
+        row["wall_time_s"] = time.perf_counter() - self.t0
         if models:
             stack = torch.stack([models[v] for v in sorted(models)])
             row.update(self.sc.world.task.columns(self.sc.evaluate(stack)),
                        consensus_distance=consensus_distance(stack))
-        log.info("relay round %d%s: %s", r, " (merge only)" if merge_only else "",
-                 {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        log.info("relay round %d: %s", r, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row

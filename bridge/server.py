@@ -4,7 +4,8 @@
 own, the survivors averaged with the simulator's rule); every protocol that declares a per-node
 merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay. The server evaluates the models it holds on the held-out test set each round
 and, when `out-dir` is set, writes `models.npz` (the final models, one row per vertex, or the
-global model) and `summary.json` (settings and per-round metrics) there.
+global model) and `summary.json` (settings and per-round metrics: row 0 the initial models, row r
+the models after round r, as the simulator's metrics.csv) there, and logs where.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class BridgeResult:
     protocol: str
     models: torch.Tensor       # [k, P]: every vertex's final model (relay) or the global model (fedavg)
     vertices: list[int]        # the vertex of each row of `models` (fedavg: [] for the global model)
-    metrics: list[dict]        # one row per round
+    metrics: list[dict]        # row 0 the initial models, row r after round r (as metrics.csv)
 
     def save(self, out_dir: str | Path, s: Mapping[str, Any]) -> None:
         out = Path(out_dir)
@@ -143,8 +144,9 @@ def _fedavg(grid: Grid, sc: Scenario, node_ids: list[int], timeout: float) -> Br
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                             timeout=timeout, evaluate_fn=evaluate)
     final = result.arrays if len(result.arrays) else initial
+    # rows as the simulator's: 0 the initial model, r the global model after round r
     metrics = [{"round": r, **dict(result.train_metrics_clientapp.get(r, {})),
-                **dict(result.evaluate_metrics_serverapp[r])} for r in range(1, cfg.rounds + 1)]
+                **dict(result.evaluate_metrics_serverapp[r])} for r in range(cfg.rounds + 1)]
     return BridgeResult("fedavg", from_record(final, sc.layout).view(1, -1), [], metrics)
 
 
@@ -157,7 +159,9 @@ def server_app(fixed: Mapping[str, Any] | None = None) -> ServerApp:
         s = settings(context.run_config, fixed)
         result = serve(grid, s)
         if s["out-dir"]:
-            result.save(s["out-dir"], s)
+            out = Path(s["out-dir"]).resolve()  # a relative out-dir is under the SuperLink's working directory
+            result.save(out, s)
+            log.info("wrote models.npz and summary.json to %s", out)
 
     return app
 

@@ -1,5 +1,6 @@
 """The Flower bridge: same final models as the simulator, interop with plain Flower both ways,
-bad or missing replies survived, and a real SuperLink + SuperNodes run on loopback."""
+bad or missing replies survived, and a real SuperLink + SuperNodes run on loopback (TLS and
+SuperNode authentication, as the README deploys them)."""
 import math
 import os
 import tomllib
@@ -60,7 +61,12 @@ def test_bridge_gives_the_simulators_final_models(simulated, protocol):
     res, grid = bridge([*SCENARIO, f"protocol={protocol}"])
     assert res.models.shape == ref.shape
     torch.testing.assert_close(res.models, ref, atol=1e-5, rtol=0)
-    assert res.metrics[-1]["accuracy_mean"] == pytest.approx(ref_metrics[-1]["accuracy_mean"], abs=1e-6)
+    # the rows mean what the simulator's mean: round 0 the initial models, round r after round r
+    assert [m["round"] for m in res.metrics] == [m["round"] for m in ref_metrics] == [0, 1, 2, 3]
+    for row, ref_row in zip(res.metrics, ref_metrics):
+        assert row["accuracy_mean"] == pytest.approx(ref_row["accuracy_mean"], abs=1e-6), row["round"]
+        if protocol != "fedavg":
+            assert row["consensus_distance"] == pytest.approx(ref_row["consensus_distance"], rel=1e-4, abs=1e-6)
     sc = load(" ".join([*SCENARIO, f"protocol={protocol}"]))
     assert (res.models - sc.initial_row(0)).abs().max() > 0.05  # it trained
     if protocol != "fedavg":
@@ -109,7 +115,7 @@ def test_plain_flower_clientapp_works_under_our_fedavg():
     shift = sum(p * (p + 1) for p in range(4)) / sum(p + 1 for p in range(4))  # 2.0 per round
     expected = load(" ".join(overrides)).initial_row(0) + 2 * shift
     torch.testing.assert_close(res.models[0], expected, atol=1e-5, rtol=0)
-    assert [m["accepted"] for m in res.metrics] == [4, 4]
+    assert [m.get("accepted") for m in res.metrics] == [None, 4, 4]
 
 
 def test_a_quickstart_clientapp_learns_under_our_fedavg_when_the_scenario_names_its_model():
@@ -120,7 +126,7 @@ def test_a_quickstart_clientapp_learns_under_our_fedavg_when_the_scenario_names_
 
     overrides = ["protocol=fedavg", "nodes=4", "rounds=3", "model=quickstart_app.Net"]
     res, grid = bridge(overrides, app=quickstart_app.client_app())
-    assert [m["accepted"] for m in res.metrics] == [4, 4, 4]
+    assert [m.get("accepted") for m in res.metrics] == [None, 4, 4, 4]
     sent = grid.sent[0].content["arrays"]
     assert list(sent.keys()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert res.metrics[-1]["accuracy_mean"] > 0.8 > 0.2 > load(" ".join(overrides)).evaluate(
@@ -175,7 +181,7 @@ def test_flower_simulation_interop_both_ways(tmp_path):
     import json
 
     metrics = json.loads((tmp_path / "bridge_server" / "summary.json").read_text())["metrics"]
-    assert [m["accepted"] for m in metrics] == [4, 4, 4] and metrics[-1]["accuracy_mean"] > 0.8
+    assert [m.get("accepted") for m in metrics] == [None, 4, 4, 4] and metrics[-1]["accuracy_mean"] > 0.8
 
 
 def corrupt(kind):
@@ -210,7 +216,7 @@ def test_fedavg_leaves_out_bad_replies_and_keeps_going(caplog):
 
     faults = {0: keep, 1: corrupt("shape"), 2: corrupt("nan"), 3: corrupt("missing")}
     res, grid = bridge([*SCENARIO, "protocol=fedavg"], faults)
-    assert [(m["accepted"], m["rejected"]) for m in res.metrics] == [(4, 0), (1, 3), (4, 0)]
+    assert [(m.get("accepted"), m.get("rejected")) for m in res.metrics] == [(None, None), (4, 0), (1, 3), (4, 0)]
     # round 2's global model is node 0's reply alone: what round 3 sends out
     round3 = [m for m in grid.sent if round_of(m) == 3]
     torch.testing.assert_close(from_record(round3[0].content["arrays"], layout()), replies[2])
@@ -232,8 +238,8 @@ def test_gossip_relay_keeps_stale_models_of_failed_nodes(caplog):
     faults = {0: record(0), 1: record(1, corrupt("timeout")), 2: record(2, corrupt("crash")),
               3: record(3, corrupt("shape"))}
     res, grid = bridge([*SCENARIO, "protocol=gossip"], faults)
-    assert [(m["accepted"], m["rejected"], m["missing"]) for m in res.metrics] == \
-        [(4, 0, 0), (1, 2, 1), (4, 0, 0), (4, 0, 0)]
+    assert [(m.get("accepted"), m.get("rejected"), m.get("missing")) for m in res.metrics] == \
+        [(None, None, None), (4, 0, 0), (1, 2, 1), (4, 0, 0)]
     # round 3 forwards vertex 0 the round-1 (stale) models of its failed neighbours 1 and 3
     to_v0 = next(m for m in grid.sent if round_of(m) == 3 and grid.pid[m.metadata.dst_node_id] == 0)
     for v in (1, 3):
@@ -278,21 +284,46 @@ def test_run_config_defaults_match_pyproject():
                                  "clientapp": "bridge.client:app"}
 
 
-def test_real_deployment_on_loopback(tmp_path):
-    """flower-superlink + 3 flower-supernode processes: gossip on a ring, then FedAvg, two rounds
-    each; both finish with the simulator's final models, and no process is left running."""
+def test_real_deployment_on_loopback_with_tls_and_supernode_auth(tmp_path):
+    """The README's deployment on loopback (LocalFleet(secure=True): the openssl recipe, TLS,
+    every SuperNode's ssh-keygen key registered with `flwr supernode register`, SuperNode
+    authentication), 3 SuperNodes: gossip on a ring, then FedAvg, two rounds each; both finish
+    with the simulator's final models; a SuperNode whose key nobody registered is refused; no
+    process is left running."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from bridge import launch
+
     gossip = ["protocol=gossip", "topology=ring", "rounds=2", "train.local_epochs=null", "train.local_steps=2"]
     fedavg = ["protocol=fedavg", "rounds=2", "train.local_epochs=null", "train.local_steps=2"]
-    with LocalFleet(3, tmp_path, port=free_port(), node_port=free_port()) as fleet:
-        pids = fleet.pids
+    with LocalFleet(3, tmp_path, port=free_port(), node_port=free_port(), secure=True) as fleet:
+        with pytest.raises(OSError):  # it speaks TLS only
+            urllib.request.urlopen(f"http://127.0.0.1:{fleet.port}/health", timeout=5)
+        # a fourth SuperNode with a key of its own, not registered: refused, it exits
+        assert subprocess.run(launch.key_command("stranger"), cwd=tmp_path, timeout=60).returncode == 0
+        stranger = fleet._spawn("stranger", fleet.supernode_cmd(3, key="stranger"))
         runs = [fleet.run(ov, timeout=240, round_timeout=120) for ov in (gossip, fedavg)]
+        stranger_log = tmp_path / "logs" / "stranger.log"
+        deadline = time.monotonic() + 90
+        while "Failed to activate SuperNode" not in stranger_log.read_text() and time.monotonic() < deadline:
+            time.sleep(1)  # (refused, its process can take minutes to exit: fleet.stop() ends it)
+        assert "Failed to activate SuperNode" in stranger_log.read_text(), stranger_log.read_text()[-2000:]
+        assert fleet._node_id("stranger") is None
+        nodes = fleet.flwr_json("supernode", "list", launch.CONNECTION)["nodes"]
+        assert sorted(n["status"] for n in nodes) == ["online"] * 3
+        pids = fleet.pids
     for overrides, outcome in zip((gossip, fedavg), runs):
         assert outcome.completed, outcome.log[-3000:]
         saved = np.load(outcome.out_dir / "models.npz")
-        ref, _ = simulate(["nodes=3", *overrides])
+        ref, ref_metrics = simulate(["nodes=3", *overrides])
         np.testing.assert_allclose(saved["models"], ref.numpy(), atol=1e-5, rtol=0)
-        assert all(m["accepted"] == 3 for m in outcome.summary()["metrics"])
-    assert len(pids) == 4
+        rows = outcome.summary()["metrics"]
+        assert [m["round"] for m in rows] == [0, 1, 2] and all(m["accepted"] == 3 for m in rows[1:])
+        assert rows[-1]["accuracy_mean"] == pytest.approx(ref_metrics[-1]["accuracy_mean"], abs=1e-6)
+        assert f"wrote models.npz and summary.json to {outcome.out_dir}" in outcome.log
+    assert len(pids) == 5
     for pid in pids:  # every started process, and everything in its process group, is gone
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
