@@ -473,7 +473,7 @@ def _npz_labels(y: np.ndarray, key: str, path: str) -> np.ndarray:
         return y.astype(np.int64)
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):  # float16 labels vs MAX_CLASSES
             bad |= (y != np.floor(y)) | (y < 0) | (y >= MAX_CLASSES)
     else:
         bad = (y < 0) | (y >= MAX_CLASSES)

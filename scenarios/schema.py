@@ -321,20 +321,45 @@ def group_choices(overrides: Sequence[str]) -> list[tuple[str, str]]:
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The scenario config with Hydra overrides applied (struct mode: unknown keys fail)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     overrides = list(overrides)
     for group, value in group_choices(overrides):
         ensure_option(group, value)
     for name in protocols.names():  # protocols registered since the last compose
         ensure_option("protocol", name)
     try:
-        with initialize_config_dir(config_dir=str(SCENARIOS), version_base=None):
-            return hydra_compose(config_name="config", overrides=overrides)
+        return _compose(overrides)
     except ConfigError:
         raise
     except Exception as err:
-        raise ConfigError(explain(err, overrides)) from None
+        message = explain(err, overrides)
+    if not any(o.split("=", 1)[0].lstrip("+~") in message for o in overrides):
+        for o in overrides:  # the message names no key: find the override that fails alone
+            try:
+                _compose([o])
+            except Exception:
+                raise ConfigError(f"cannot apply {o!r}: {message}") from None
+    raise ConfigError(message)
+
+
+OPEN_KEYS = ("model.kwargs",)  # free-form mappings: any key may be set or added
+
+
+def open_overrides(overrides: Sequence[str]) -> list[str]:
+    """`model.kwargs.depth=3` and `model.kwargs={depth: 3}` as Hydra takes them (`++`: set or add)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" in o and key[:1] not in "+~" and any(key == k or key.startswith(k + ".") for k in OPEN_KEYS):
+            o = "++" + o
+        out.append(o)
+    return out
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(SCENARIOS), version_base=None):
+        return hydra_compose(config_name="config", overrides=open_overrides(overrides))
 
 
 def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:
@@ -348,7 +373,7 @@ def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:
         return f"{key} is required: set it on the command line, e.g. {key}=..."
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         parent, _, _ = str(key).rpartition(".")
-        valid = _valid_keys(parent, [o for o in overrides if not o.lstrip("+~").startswith(str(key))])
+        valid = _valid_keys(parent, [o for o in overrides if not _related(o.split("=", 1)[0].lstrip("+~"), str(key))])
         where = f" of {parent}" if parent else ""
         return f"unknown key {key!r}; valid keys{where}: {', '.join(valid)}"
     text = str(cause).splitlines()[0].strip() if str(cause).strip() else type(cause).__name__
@@ -366,9 +391,14 @@ def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:
     return f"{key}: {text}" if key else text
 
 
+def _related(a: str, b: str) -> bool:
+    """One key path is the other or lies under it (a group choice is no key path)."""
+    return a == b or a.startswith(b + ".") or (b.startswith(a + ".") and a not in GROUPS)
+
+
 def _valid_keys(parent: str, overrides: Sequence[str]) -> list[str]:
     try:
-        cfg = compose(overrides)
+        cfg = _compose(overrides)  # not compose(): an error here must not be explained again
         node = OmegaConf.select(cfg, parent) if parent else cfg
         return sorted(str(k) for k in node.keys() if k != "name" or not parent)
     except Exception:
@@ -420,6 +450,8 @@ def resolve(config: Mapping[str, Any] | DictConfig | RunConfig | None = None,
                 choices.append(f"{group}={value['name']}")
     cfg = compose(choices + list(overrides))
     if mapping:
+        for key in OPEN_KEYS:
+            OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
         try:
             cfg = OmegaConf.merge(cfg, mapping)
         except Exception as err:

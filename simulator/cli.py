@@ -33,7 +33,7 @@ from clients.datasets import DataError
 from clients.partition import PartitionError
 from protocols import ProtocolError
 from scenarios import SCENARIOS, ConfigError, compose, resolve
-from scenarios.schema import ensure_option, explain, group_choices
+from scenarios.schema import ensure_option, explain, group_choices, open_overrides
 from simulator.metrics import write_json
 from simulator.run import Interrupted, RunWarning, one_line, run, summary_line
 from topologies import TopologyError
@@ -165,6 +165,7 @@ def main() -> None:
 def _main(args: list[str]) -> None:
     try:
         check_overrides(args)
+        sys.argv[1:] = open_overrides(args)  # what Hydra's own composition reads
         _app()
     except KeyboardInterrupt:
         _exit(130, "murmur: interrupted (SIGINT); what the run measured is in its directory")

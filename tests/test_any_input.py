@@ -10,6 +10,7 @@ Never a traceback, never an internal error (exit 1). Runs are tiny (a few nodes,
 import json
 import signal
 import sys
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -122,13 +123,17 @@ def test_any_command_completes_or_is_one_line(data, files, tmp_path, monkeypatch
     signal.alarm(TIME_BOUND_S)
     code = 0
     try:
-        cli.main()
+        with warnings.catch_warnings(record=True) as caught:  # a real process prints them on stderr
+            warnings.simplefilter("always")
+            cli.main()
     except SystemExit as exit_:
         code = exit_.code
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     out = capsys.readouterr()
+    if code == 2:  # a user mistake is one line: no warning printed before it either
+        assert not caught, (args, [str(w.message) for w in caught])
     assert "Traceback" not in out.err, (args, out.err)
     if code == 0:
         summary = json.loads((out_dir / "summary.json").read_text())

@@ -222,6 +222,16 @@ def test_booleans_are_real_and_local_steps_win_over_the_default_epochs():
     assert resolve(overrides=["data=synthetic", "data.class_sep=2.0"]).data.class_sep == 2.0
 
 
+def test_model_kwargs_take_any_key_in_every_form():
+    """model.kwargs is free-form (a user model's constructor arguments): a key may be added by
+    a dotted override, a mapping value or a Python mapping; all three mean the same."""
+    forms = [resolve(overrides=["model.kwargs.depth=3"]), resolve(overrides=["model.kwargs={depth: 3}"]),
+             resolve({"model": {"kwargs": {"depth": 3}}})]
+    assert all(cfg.model.kwargs == {"depth": 3} for cfg in forms)
+    with pytest.raises(ConfigError, match=r"cannot apply 'model.hidden.x=1': invalid literal"):
+        resolve(overrides=["nodes=4", "model.hidden.x=1"])
+
+
 def test_an_output_directory_that_cannot_be_made_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("x")
     code, out, err = cli([*TINY, f"hydra.run.dir={tmp_path}/file/run"], capsys, monkeypatch, tmp_path)
