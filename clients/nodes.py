@@ -24,6 +24,9 @@ from kernels import BatchedModel, SGDConfig, local_sgd
 from kernels.random import derive_seed
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass
 class TrainConfig:
     """Local training per activation: `local_steps` SGD steps when set, else `local_epochs`
@@ -38,8 +41,8 @@ class TrainConfig:
     reset_momentum: bool = False  # zero a node's momentum whenever it receives a new model
 
     def __post_init__(self):
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not 0 < self.lr <= FLOAT32_MAX:  # the kernels take it as a float32
+            raise ValueError(f"train.lr must be a finite number > 0 (at most 3.4e38), got {self.lr}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.local_steps is None and self.local_epochs is None:
@@ -51,8 +54,8 @@ class TrainConfig:
             raise ValueError(f"train.local_epochs must be a number in (0, 10^4] or null, got {self.local_epochs}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay <= FLOAT32_MAX:
+            raise ValueError(f"train.weight_decay must be a finite number >= 0 (at most 3.4e38), got {self.weight_decay}")
 
     @property
     def sgd(self) -> SGDConfig:

@@ -208,6 +208,7 @@ def test_more_mistakes_are_one_line(tmp_path, capsys, monkeypatch, args, needle)
     (["data=synthetic", "data.n_samples=1e12"], "data.n_samples must be an integer"),
     (["data=synthetic", "data.n_samples=100000000000"], "GB"),
     (["train.lr=abc"], "train.lr must be a number, got 'abc'"),
+    (["train.weight_decay=2e228"], "train.weight_decay must be a finite number >= 0 (at most 3.4e38)"),
     (["topology.allow_disconnected=perhaps"], "topology.allow_disconnected must be true or false, got 'perhaps'"),
 ])
 def test_the_qa_examples_are_one_line(tmp_path, capsys, monkeypatch, args, needle):
