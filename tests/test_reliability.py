@@ -199,7 +199,7 @@ def test_more_mistakes_are_one_line(tmp_path, capsys, monkeypatch, args, needle)
 @pytest.mark.parametrize("args, needle", [  # the QA pass's examples, each by name
     (["eval.every=1.5"], "eval.every must be an integer, got '1.5'"),
     (["train.local_epochs=inf"], "train.local_epochs must be a number in (0, 10^4]"),
-    (["train.lr=nan"], "train.lr must be a finite number > 0, got nan"),
+    (["train.lr=nan"], "train.lr must be a finite number > 0 (at most 3.4e38), got nan"),
     (["protocol.fraction=nan"], "protocol.fraction must be in (0, 1], got nan"),
     (["protocol.deadline=inf"], "protocol.deadline must be a finite number > 0"),
     (["protocol=gossip", "topology.degree=many"], "topology.degree must be an integer, got 'many'"),
