@@ -40,6 +40,12 @@ class ConfigError(ValueError):
     """A bad configuration value (one line: the key, the value, what is allowed)."""
 
 
+def first_line(err: BaseException) -> str:
+    """An error's message cut to its first line (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
 def _choice(value, choices, key):
     if value not in choices:
         raise ValueError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
@@ -376,7 +382,7 @@ def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:
         valid = _valid_keys(parent, [o for o in overrides if not _related(o.split("=", 1)[0].lstrip("+~"), str(key))])
         where = f" of {parent}" if parent else ""
         return f"unknown key {key!r}; valid keys{where}: {', '.join(valid)}"
-    text = str(cause).splitlines()[0].strip() if str(cause).strip() else type(cause).__name__
+    text = first_line(cause)
     if "Could not find" in text and "/" in text:  # an unknown group option
         group, _, value = text.split("'")[1].partition("/")
         if group in GROUPS:

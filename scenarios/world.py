@@ -29,7 +29,7 @@ from clients.profiles import Distribution, compute_speeds
 from kernels import MLP, BatchedModel, LeNet, LogisticRegression, SmallCNN, init_stack
 from kernels.random import derive_seed
 from protocols.registry import ProtocolError, import_object
-from scenarios.schema import ConfigError, RunConfig
+from scenarios.schema import ConfigError, RunConfig, first_line
 from topologies import attach_links, build_graph, check_graph, edge_arrays
 
 
@@ -282,9 +282,8 @@ def probe(batched: BatchedModel, data: Dataset, device: str) -> None:
     except ConfigError:
         raise
     except Exception as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model cannot run on this data ({data.n_features} features per sample, "
-                          f"image shape {data.image_shape}): {text}") from None
+                          f"image shape {data.image_shape}): {first_line(err)}") from None
 
 
 __all__ = ["World", "assemble", "build_model", "rng"]

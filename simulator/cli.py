@@ -16,7 +16,6 @@ line naming the jobs that did not complete, and exit code 1.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 import warnings
@@ -33,9 +32,9 @@ from clients.datasets import DataError
 from clients.partition import PartitionError
 from protocols import ProtocolError
 from scenarios import SCENARIOS, ConfigError, compose, resolve
-from scenarios.schema import ensure_option, explain, group_choices, open_overrides
+from scenarios.schema import GROUPS, ensure_option, explain, group_choices, open_overrides
 from simulator.metrics import write_json
-from simulator.run import Interrupted, RunWarning, one_line, run, summary_line
+from simulator.run import Interrupted, RunWarning, one_line, run, sigterm_raises, summary_line
 from topologies import TopologyError
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, ProtocolError, TopologyError)
@@ -54,7 +53,6 @@ class Job:
     number: int
     overrides: list[str]
     code: int
-    line: str
 
 
 JOBS: list[Job] = []  # the jobs this process ran (a sweep's, in order)
@@ -81,19 +79,18 @@ def check_overrides(args: list[str]) -> None:
     composed and typed. A sweep: every group choice is checked (user modules are imported and
     join their group) and every swept value is typed against its key; a value that only fails
     its range check fails its own job, alone."""
-    multirun = "-m" in args or "--multirun" in args
     overrides = overrides_of(args)
     for group, option in group_choices(overrides):  # every option of a sweep
         ensure_option(group, option)
     first = compose(first_job(overrides))
-    if not multirun:
+    if not is_multirun(args):
         resolve(first)
         return
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.key_or_group.lstrip("+~")
-        if not o.is_sweep_override() or key.startswith("hydra") or key in ("experiment", "arm", *GROUP_KEYS):
+        if not o.is_sweep_override() or key.startswith("hydra") or key in ("experiment", "arm", *GROUPS):
             continue
         for value in o.sweep_iterator():
             trial = first.copy()
@@ -103,7 +100,8 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(f"{explain(err)} (in the sweep {o.input_line!r})") from None
 
 
-GROUP_KEYS = ("protocol", "topology", "data", "model")
+def is_multirun(args: list[str]) -> bool:
+    return "-m" in args or "--multirun" in args
 
 
 def first_job(overrides: list[str]) -> list[str]:
@@ -137,25 +135,19 @@ def run_job(cfg: DictConfig, out_dir: Path) -> tuple[int, str]:
 def _app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     code, line = run_job(cfg, Path(hc.runtime.output_dir))
-    JOBS.append(Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code, line))
+    JOBS.append(Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code))
     print(line, file=sys.stdout if code == 0 else sys.stderr, flush=True)
-
-
-def _sigterm(signum, frame):
-    raise Interrupted(signum)
 
 
 def main() -> None:
     JOBS.clear()
-    previous = signal.signal(signal.SIGTERM, _sigterm)
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach us whole; we print one line
     try:
-        with warnings.catch_warnings():
+        with sigterm_raises(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RunWarning)  # the last line already says it
             _main(sys.argv[1:])
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
@@ -184,7 +176,7 @@ def _main(args: list[str]) -> None:
         if os.environ.get("MURMUR_TRACEBACK"):
             raise
         _exit(1, f"murmur: error: internal error: {one_line(err)} (MURMUR_TRACEBACK=1 shows where)")
-    if len(JOBS) > 1 or "-m" in args or "--multirun" in args:
+    if len(JOBS) > 1 or is_multirun(args):
         bad = [j for j in JOBS if j.code != 0]
         if bad:
             names = "; ".join(f"#{j.number} ({' '.join(j.overrides)}): exit {j.code}" for j in bad)

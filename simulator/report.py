@@ -20,14 +20,20 @@ except ImportError:  # pragma: no cover
     Callback = object
 
 
+def _summaries(sweep_dir: str | Path, completed: bool):
+    """(path, summary) of every job of a sweep that completed (or, completed=False, did not; a
+    summary from before statuses existed counts as completed)."""
+    for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if (summary.get("status", "completed") == "completed") == completed:
+            yield summary_path, summary
+
+
 def load_sweep(sweep_dir: str | Path) -> dict[str, list[dict]]:
     """{arm: [ {summary, metrics: {column: np.array}} per seed ]} from a sweep directory: only
     the runs that completed (see `incomplete_runs` for the others)."""
     arms: dict[str, list[dict]] = {}
-    for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status", "completed") != "completed":
-            continue
+    for summary_path, summary in _summaries(sweep_dir, completed=True):
         rows = list(csv.DictReader(open(summary_path.parent / "metrics.csv")))
         cols = {k: np.array([float(r[k]) if r[k] != "" else math.nan for r in rows]) for k in rows[0]} if rows else {}
         arm = summary.get("label") or summary["config"]["protocol"]["name"]
@@ -37,12 +43,8 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, list[dict]]:
 
 def incomplete_runs(sweep_dir: str | Path) -> list[str]:
     """'job: status (why)' for every run of the sweep that did not complete."""
-    out = []
-    for summary_path in sorted(Path(sweep_dir).glob("*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status", "completed") != "completed":
-            out.append(f"{summary_path.parent.name}: {summary['status']} ({summary.get('status_detail', '')})")
-    return out
+    return [f"{path.parent.name}: {summary['status']} ({summary.get('status_detail', '')})"
+            for path, summary in _summaries(sweep_dir, completed=False)]
 
 
 def time_to_reach(times: np.ndarray, acc: np.ndarray, target: float) -> float:

@@ -41,6 +41,7 @@ from torch import nn
 from kernels import consensus_distance
 from kernels.variance import segment_indicator, segment_moments
 from scenarios import RunConfig, World, assemble, resolve
+from scenarios.schema import first_line
 from scenarios.world import rng
 from simulator.engine import Engine
 from simulator.metrics import Recorder
@@ -186,8 +187,8 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
 
 
 def one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    """`Type: first line of the message`, for a status or a last line."""
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def diverged_message(ok: torch.Tensor, r: int, t: float) -> str:

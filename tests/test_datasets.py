@@ -1,7 +1,16 @@
+import os
+import sys
+import tempfile
+import zipfile
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clients.datasets import DATASETS, Dataset, DataError, load_dataset, load_digits, load_npz, load_synthetic
+import clients.datasets as datasets
+from clients.datasets import (DATASETS, MAX_CLASSES, Dataset, DataError, available_memory_bytes, load_dataset,
+                              load_digits, load_npz, load_synthetic, load_synthetic_multilabel)
+from messages import one_line
 
 
 def test_digits_shapes_and_range():
@@ -162,28 +171,9 @@ def test_synthetic_multilabel_and_npz_label_matrices(tmp_path):
         load_npz(str(path))
 
 
-# ---- issue 8: every bad file or option is one DataError line naming the array or option ----
-
-import os
-import sys
-import tempfile
-import zipfile
-
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-import clients.datasets as datasets
-from clients.datasets import MAX_CLASSES, available_memory_bytes, load_synthetic_multilabel
+# ---- every bad file or option is one DataError line naming the array or option ----
 
 KEYS = ("X_train", "y_train", "X_test", "y_test")
-
-
-def one_line(exc_info, *needles):
-    """The message of a raised error, checked to be one non-empty line holding every needle."""
-    message = str(exc_info.value)
-    assert message and "\n" not in message and "\r" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 def valid_arrays():

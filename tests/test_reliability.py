@@ -78,7 +78,7 @@ def test_the_cli_exits_3_with_one_line_on_divergence(tmp_path, capsys, monkeypat
 
 def test_diverged_loss_threshold_is_an_option():
     res = run(overrides=[*TINY, "train.lr=1e6", "eval.diverged_loss=null"])
-    assert res.status == "completed" or "non-finite" in res.summary["status_detail"]
+    assert res.status == "completed"  # huge but finite parameters: only the loss test catches them
     with pytest.raises(ConfigError, match="eval.diverged_loss must be a finite number > 1"):
         resolve(overrides=["eval.diverged_loss=0.5"])
 

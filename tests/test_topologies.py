@@ -1,7 +1,13 @@
+import os
+import tempfile
+
 import networkx as nx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+import topologies.graphs as graphs
+from messages import one_line
 from topologies import TOPOLOGIES, TopologyError, attach_links, build_graph, check_graph, edge_arrays
 
 
@@ -330,23 +336,7 @@ def test_edge_arrays_defaults_and_isolated_nodes():
     assert a["offsets"].tolist() == [0, 0, 1, 2, 2]
 
 
-# ---- issue 8: every bad edge-list file is one TopologyError line naming the file ----
-
-import os
-import tempfile
-
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-import topologies.graphs as graphs
-
-
-def one_line(exc_info, *needles):
-    """The message of a raised error, checked to be one non-empty line holding every needle."""
-    message = str(exc_info.value)
-    assert message and "\n" not in message and "\r" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
+# ---- every bad edge-list file is one TopologyError line naming the file ----
 
 
 def edgelist_error(tmp_path, content, n=4, *needles):
