@@ -154,11 +154,14 @@ def _test_size(n_samples: int, test_fraction: float) -> int:
 _DIGITS_SAMPLES, _DIGITS_CLASSES = 1797, 10
 
 
-def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (1,797 samples), pixels scaled to [0, 1].
+def load_digits(test_fraction: float = 0.2, seed: int = 0, split: str = "stratified",
+                pixels: str = "unit") -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 samples).
 
-    The split is stratified, so each side needs at least one sample per class: test_fraction
-    must lie in about 0.006..0.994.
+    split: `stratified` (shuffled by the seed, each side holding at least one sample per class,
+    so test_fraction must lie in about 0.006..0.994) or `ordered` (the first rows train, the
+    rest test, unshuffled: the M2N2 paper's split). pixels: `unit` (scaled to [0, 1]) or `raw`
+    (the values 0..16 as stored).
     """
     from sklearn.datasets import load_digits as _sk_digits
     from sklearn.model_selection import train_test_split
@@ -169,9 +172,17 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
                f"the split (it needs one per class); use a value between 0.006 and 0.994")
     if min(n_test, _DIGITS_SAMPLES - n_test) < _DIGITS_CLASSES:
         raise DataError(too_few)
+    if split not in ("stratified", "ordered"):
+        raise DataError(f"data.split must be stratified or ordered, got {split!r}")
+    if pixels not in ("unit", "raw"):
+        raise DataError(f"data.pixels must be unit or raw, got {pixels!r}")
     digits = _sk_digits()
-    X = (digits.data / 16.0).astype(np.float32)
+    X = (digits.data / (16.0 if pixels == "unit" else 1.0)).astype(np.float32)
     y = digits.target.astype(np.int64)
+    if split == "ordered":
+        n_train = _DIGITS_SAMPLES - n_test
+        return Dataset("digits", X[:n_train], y[:n_train], X[n_train:], y[n_train:], n_classes=_DIGITS_CLASSES,
+                       image_shape=(1, 8, 8))
     try:
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, stratify=y, random_state=seed)
     except ValueError:  # a rounding edge the check above missed

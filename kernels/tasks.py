@@ -38,6 +38,11 @@ class Task:
         """Every metric of n models on one set: logits [n, T, C], y shared [T(, L)] -> {metric: [n]}."""
         raise NotImplementedError
 
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example correctness of n models: logits [n, T, C], y shared [T(, L)] -> bool [n, T]
+        (M2N2's scores)."""
+        raise NotImplementedError
+
     def columns(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         """metrics.csv columns of many models' metrics: the headline's mean, std, min and max,
         then the mean of every other metric (loss last)."""
@@ -71,6 +76,9 @@ class Multiclass(Task):
         dz.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(dz[..., :1], -1.0))
         dz /= logits.shape[1]
         return losses, dz
+
+    def correct(self, logits, y):
+        return logits.argmax(-1) == y
 
     def evaluate(self, logits, y):
         acc = (logits.argmax(-1) == y).float().mean(1)
@@ -108,6 +116,9 @@ class Multilabel(Task):
         losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean((1, 2))
         dz = logits.sigmoid_().sub_(y).div_(logits.shape[1] * logits.shape[2])
         return losses, dz
+
+    def correct(self, logits, y):  # every label right (subset accuracy's per-example test)
+        return ((logits > 0) == y.bool()).all(-1)
 
     def evaluate(self, logits, y):
         pred = logits > 0

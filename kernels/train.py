@@ -107,6 +107,14 @@ class BatchedModel:
     def logits(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """params [n, P]; x shared [T, F] or one set per row [n, T, F] -> logits [n, T, C]."""
         if self.chain is not None:
+            if params.shape[0] == 1 and x.dim() == 2:  # one model on a shared set: plain 2-D products
+                h = x
+                layers = self._chain_layers(params[0])
+                for k, (w, b) in enumerate(layers):
+                    h = torch.addmm(b, h, w.t())
+                    if k < len(layers) - 1:
+                        h.relu_()
+                return h.unsqueeze(0)
             return self._chain_forward(params, x)[-1]
         return self._logits(params, x) if x.dim() == 2 else self._own_logits(params, x)
 

@@ -69,6 +69,11 @@ class Protocol:
             registry.register(cls)
 
     @classmethod
+    def needs_graph(cls, cfg) -> bool:
+        """Does this configuration use the topology (else only the server links)?"""
+        return cls.uses_graph
+
+    @classmethod
     def independent_init(cls, cfg) -> bool:
         """Does every node start from its own random model (else one shared model)?"""
         return False

@@ -182,11 +182,16 @@ class Gossip(Protocol):
         self.round = 0
         self.merges = 0
         self._wake_seed = derive_seed(self.world.seed, "wake")
-        self._wake_dist = self.cfg.wake_distribution
+        self._wake_dist = None if self.synchronous else self.cfg.wake_distribution
         self.wakes = np.zeros(f.n, dtype=np.int64)
 
+    @property
+    def synchronous(self) -> bool:
+        """Rounds with a barrier (mode sync; a subclass without wake-up clocks is synchronous)."""
+        return getattr(self.cfg, "mode", "sync") != "async"
+
     def start(self):
-        if self.cfg.mode == "sync":
+        if self.synchronous:
             self.engine.schedule("round_start", 0.0, -1)
         else:
             nodes = np.arange(self.fleet.n)
@@ -228,7 +233,7 @@ class Gossip(Protocol):
     def _train_done(self, t, nodes, payload):
         self.fleet.train(nodes, payload["start"])  # on the rows held when training began
         self.send(t, nodes)
-        if self.cfg.mode == "sync":
+        if self.synchronous:
             self.trained += len(nodes)
             self._end_round_if_done(t)
 
@@ -253,12 +258,12 @@ class Gossip(Protocol):
         full = receivers[self.mailbox.count[receivers] >= self.degree[receivers]]
         if len(full):
             self.merge_nodes(full)
-        if self.cfg.mode == "sync":
+        if self.synchronous:
             self.merged += len(full)
             self._end_round_if_done(t)
 
     def relay_problem(self):
-        if self.cfg.mode != "sync":
+        if not self.synchronous:
             return "the bridge runs gossip in synchronous rounds; use protocol.mode=sync"
         return None
 

@@ -115,6 +115,13 @@ class DataConfig:
 class DigitsData(DataConfig):
     """scikit-learn's digits (8x8 images, 10 classes): 1,437 train / 360 test samples."""
     test_fraction: float = 0.2
+    split: str = "stratified"  # stratified (shuffled by the seed) | ordered (first rows train: M2N2's paper)
+    pixels: str = "unit"       # unit (scaled to [0, 1]) | raw (0..16)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice(self.split, ("stratified", "ordered"), "data.split")
+        _choice(self.pixels, ("unit", "raw"), "data.pixels")
 
 
 @dataclass

@@ -205,7 +205,7 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
 
     t = cfg.topology
     latency, bandwidth = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
-    if proto.uses_graph or graph is not None:
+    if proto.needs_graph(cfg.protocol) or graph is not None:
         if graph is None:
             graph = build_graph(t.name, cfg.nodes, rng(cfg.seed, "topology"), degree=t.degree, p=t.p,
                                 k=t.k, m=t.m, path=t.path)

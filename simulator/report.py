@@ -90,8 +90,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_report(sweep_dir: str | Path, reference: str | None = None, title: str = "") -> str:
-    """Write report.csv, report.md and report.png for a sweep; returns the markdown."""
+def write_report(sweep_dir: str | Path, reference: str | None = None, title: str = "",
+                 x: str = "sim_time_s") -> str:
+    """Write report.csv, report.md and report.png (against the metrics column `x`) for a sweep;
+    returns the markdown."""
     sweep_dir = Path(sweep_dir)
     arms = load_sweep(sweep_dir)
     if not arms:
@@ -115,13 +117,14 @@ def write_report(sweep_dir: str | Path, reference: str | None = None, title: str
         lines += ["", f"Left out ({len(left_out)} runs did not complete):", ""] + [f"- {x}" for x in left_out]
     md = "\n".join(lines) + "\n"
     (sweep_dir / "report.md").write_text(md)
-    plot_arms(arms, sweep_dir / "report.png", title)
+    plot_arms(arms, sweep_dir / "report.png", title, x)
     return md
 
 
-def plot_arms(arms: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """Accuracy and layer-1 weight variance against simulated time, one line per arm (mean over
-    seeds) with a band from the lowest to the highest seed."""
+def plot_arms(arms: dict[str, list[dict]], path: Path, title: str = "", x: str = "sim_time_s") -> None:
+    """Accuracy and layer-1 weight variance against simulated time (or another metrics column
+    `x`, e.g. evaluations), one line per arm (mean over seeds) with a band from the lowest to
+    the highest seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,10 +138,10 @@ def plot_arms(arms: dict[str, list[dict]], path: Path, title: str = "") -> None:
         for arm, runs in arms.items():
             n = min(len(r["metrics"][col]) for r in runs)
             ys = np.array([r["metrics"][col][:n] for r in runs])
-            t = np.mean([r["metrics"]["sim_time_s"][:n] for r in runs], axis=0)
+            t = np.mean([r["metrics"][x][:n] for r in runs], axis=0)
             line, = ax.plot(t, ys.mean(0), label=f"{arm} ({len(runs)} seeds)")
             ax.fill_between(t, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
-        ax.set_xlabel("simulated time")
+        ax.set_xlabel("simulated time" if x == "sim_time_s" else x.replace("_", " "))
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")
@@ -153,13 +156,14 @@ def plot_arms(arms: dict[str, list[dict]], path: Path, title: str = "") -> None:
 class SweepReport(Callback):
     """Hydra callback: writes the report when a multirun ends and prints its table."""
 
-    def __init__(self, reference: str | None = None, title: str = ""):
+    def __init__(self, reference: str | None = None, title: str = "", x: str = "sim_time_s"):
         self.reference = reference
         self.title = title
+        self.x = x
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        md = write_report(sweep_dir, self.reference, self.title)
+        md = write_report(sweep_dir, self.reference, self.title, self.x)
         if md:
             print(md)
             print(f"murmur: report written to {sweep_dir / 'report.md'} and report.png")
