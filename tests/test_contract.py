@@ -19,7 +19,12 @@ import toy_protocol  # noqa: F401  (registers trimmed_gossip)
 from scenarios import resolve
 from simulator import run
 
-NAMES = protocols.names()
+# a protocol with modes that run differently joins once per mode ("name:mode"); some need an
+# option or two to make three rounds of nine nodes a fair test
+MODES = {"m2n2:decentralized": ["protocol.mode=decentralized"]}
+EXTRA = {"m2n2": ["protocol.fraction=0.5", "data.validation=0.3"],
+         "m2n2:decentralized": ["data.validation=0.3"]}
+NAMES = protocols.names() + list(MODES)
 # heterogeneous speeds and links, so instants rarely coincide unless batched by ticks
 BASE = ["nodes=9", "rounds=3", "topology=random_regular", "topology.degree=4", "train.local_steps=2",
         "train.momentum=0.5", "sim.progress=false", "speed={kind: lognormal, mean: 500, sigma: 0.5}",
@@ -28,7 +33,16 @@ NUMBERS = ["sim_time_s", "loss_mean", "consensus_distance", "train_loss"]
 
 
 def scenario(name, *extra):
-    return [*BASE, f"protocol={name}", *extra]
+    base = name.split(":")[0]
+    return [*BASE, f"protocol={base}", *MODES.get(name, []), *EXTRA.get(name, []), *extra]
+
+
+def protocol_class(name):
+    """The class that runs this scenario (a mode may pick its own)."""
+    from scenarios import assemble
+    if name not in MODES:
+        return protocols.get(name)
+    return type(assemble(resolve(overrides=scenario(name))).protocol())
 
 
 def test_every_builtin_and_the_toy_are_registered():
@@ -93,7 +107,7 @@ def test_models_are_rows_of_the_layout(runs, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_columns_are_written(runs, name):
     res = runs[name][0]
-    cls = protocols.get(name)
+    cls = protocol_class(name)
     for row in res.metrics:
         assert set(cls.columns) <= set(row)
         assert {"round", "sim_time_s", "accuracy_mean", "loss_mean", "bytes_sent", "train_loss"} <= set(row)
@@ -125,7 +139,7 @@ def test_bridge_ends_with_the_simulators_models(runs, name):
     from bridge.server import serve
     from flower_grid import LocalGrid
 
-    cls = protocols.get(name)
+    cls = protocol_class(name)
     if cls.merge is None and name != "fedavg":
         pytest.skip(f"{name} declares no per-node merge rule: not bridged")
     # the relay runs synchronous rounds over full participation: a scenario both engines run alike
