@@ -42,6 +42,7 @@ from kernels.merging import (Scorer, attraction, correctness, niche_weights, par
 from kernels.random import counter_uniform, derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
 from protocols.gossip import Gossip
+from protocols.registry import ProtocolError
 from topologies import link_delay
 
 MODES = ("federated", "decentralized", "central")
@@ -200,6 +201,9 @@ class M2N2(Protocol):
 
     def __init__(self, cfg, world):
         super().__init__(cfg, world)
+        if cfg.init == "specialists" and world.task.name != "multiclass":
+            raise ProtocolError("protocol.init=specialists needs class labels to split among the seeds; this data "
+                                f"is {world.task.name} (use protocol.init=normal or default)")
         self.evaluations = 0
         self._seed = derive_seed(world.seed, "m2n2")
 
@@ -257,8 +261,6 @@ class Central(M2N2):
         on the evaluation rows of the k-th contiguous block of classes (2 seeds, 10 classes:
         digits 0-4 and 5-9), as the paper's pre-trained experiment."""
         w, cfg = self.world, self.cfg
-        if w.task.name != "multiclass":
-            raise ValueError("protocol.init=specialists needs a multiclass task (classes to split among the seeds)")
         n_classes = w.data.n_classes
         out = seeds.clone()
         for k in range(len(seeds)):
