@@ -12,6 +12,11 @@ model and optimizer momentum.
     train.gossip    a relay round: merge the "from-<v>" models into the own model with the
                     protocol's merge rule, train (unless config "merge-only"), reply "arrays"
     evaluate        the task's metrics of "arrays" on the held-out test set (as the simulator)
+    query.m2n2_score, query.m2n2_insert, query.m2n2_settle
+                    federated M2N2 (see bridge.archive): score the round's children on the
+                    node's own selection rows, keep the scores in `context.state`, reply partial
+                    sums only (P + 1 numbers per insertion, P and P x P once settled); a child
+                    trains through `train`
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from bridge import archive
 from bridge.scenario import Scenario, load, settings
 from bridge.wire import from_record, record_keys, to_record
 from scenarios import ConfigError
@@ -81,6 +87,21 @@ def client_app(fixed: Mapping[str, Any] | None = None) -> ClientApp:
         context.state["momentum"] = to_record(mom, sc.layout)
         context.state["node"] = ConfigRecord({"steps": steps})
         return _reply(msg, row, sc, {"num-examples": sc.n_samples(pid), **metrics})
+
+    @app.query("m2n2_score")
+    def m2n2_score(msg: Message, context: Context) -> Message:
+        sc, pid = node(context)
+        return archive.node_score(sc, pid, msg, context)
+
+    @app.query("m2n2_insert")
+    def m2n2_insert(msg: Message, context: Context) -> Message:
+        sc, pid = node(context)
+        return archive.node_insert(sc, pid, msg, context)
+
+    @app.query("m2n2_settle")
+    def m2n2_settle(msg: Message, context: Context) -> Message:
+        sc, pid = node(context)
+        return archive.node_settle(sc, pid, msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

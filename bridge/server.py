@@ -1,11 +1,15 @@
 """The bridge's ServerApp: the scenario's protocol on the SuperNodes of this SuperLink.
 
 `fedavg` runs under Flower's own FedAvg strategy (`ScenarioFedAvg`: every reply checked on its
-own, the survivors averaged with the simulator's rule); every protocol that declares a per-node
-merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay. The server evaluates the models it holds on the held-out test set each round
-and, when `out-dir` is set, writes `models.npz` (the final models, one row per vertex, or the
-global model) and `summary.json` (settings and per-round metrics: row 0 the initial models, row r
-the models after round r, as the simulator's metrics.csv) there, and logs where.
+own, the survivors averaged with the simulator's rule); `m2n2` in its federated mode keeps its
+archive here and asks the nodes for partial sums (`archive`); every protocol that declares a
+per-node merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay.
+Decentralized M2N2 and central M2N2 are refused (`check_bridged`). The server evaluates the
+models it holds on the held-out test set each round and, when `out-dir` is set, writes
+`models.npz` (the final models, one row per vertex, or the global model; for m2n2 also the
+whole archive, `archive` [P, D] and `occupied` [P]) and `summary.json` (settings and per-round
+metrics: row 0 the initial models, row r the models after round r, as the simulator's
+metrics.csv) there, and logs where.
 """
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from bridge.archive import ArchiveServer
 from bridge.relay import Relay
 from bridge.scenario import Scenario, load, settings
 from bridge.wire import BadReply, from_record, read_reply, to_record
-from protocols import fedavg
+from protocols import fedavg, m2n2
 from scenarios import ConfigError
 
 log = logging.getLogger("flwr.murmuration")
@@ -34,15 +39,21 @@ log = logging.getLogger("flwr.murmuration")
 @dataclass
 class BridgeResult:
     protocol: str
-    models: torch.Tensor       # [k, P]: every vertex's final model (relay) or the global model (fedavg)
-    vertices: list[int]        # the vertex of each row of `models` (fedavg: [] for the global model)
+    models: torch.Tensor       # [k, P]: every vertex's final model (relay) or the global model (fedavg,
+    #                            m2n2: the archive member with the best pooled selection accuracy),
+    #                            what the simulator's RunResult.final_models holds
+    vertices: list[int]        # the vertex of each row of `models` (fedavg, m2n2: [] for the global model)
     metrics: list[dict]        # row 0 the initial models, row r after round r (as metrics.csv)
+    archive: torch.Tensor | None = None    # m2n2: the final archive [A, P] (empty slots all zero),
+    occupied: np.ndarray | None = None     # which slots hold a model [A]: the simulator's
+    #                                        Federated.params and .occupied
 
     def save(self, out_dir: str | Path, s: Mapping[str, Any]) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        extra = {} if self.archive is None else {"archive": self.archive.numpy(), "occupied": self.occupied}
         np.savez(out / "models.npz", models=self.models.numpy(),
-                 vertices=np.asarray(self.vertices, dtype=np.int64))
+                 vertices=np.asarray(self.vertices, dtype=np.int64), **extra)
         (out / "summary.json").write_text(json.dumps(
             {"protocol": self.protocol, "settings": dict(s), "metrics": self.metrics}, indent=1))
 
@@ -83,20 +94,31 @@ class ScenarioFedAvg(FedAvg):
         return to_record(model.float(), self.sc.layout), metrics
 
 
-def check_bridged(sc: Scenario) -> None:
-    """Refuse scenarios the bridge would run differently from the simulator."""
+def bridge_problem(sc: Scenario) -> str | None:
+    """Why the bridge does not run this scenario as the simulator does, in one line (None: it does)."""
     proto = sc.protocol
-    if isinstance(proto, fedavg.FedAvg):
-        if proto.cfg.deadline is not None:
-            log.warning("protocol.deadline is simulated time and is ignored; the bridge waits "
-                        "round-timeout wall seconds for replies")
-        return
+    if isinstance(proto, fedavg.FedAvg) or isinstance(proto, m2n2.Federated):
+        return None
+    if isinstance(proto, m2n2.Central):
+        return ("protocol.mode=central runs M2N2 at one coordinator with no nodes: nothing to deploy; the bridge "
+                "runs protocol.mode=federated")
+    if isinstance(proto, m2n2.M2N2):
+        return proto.relay_problem() or "the bridge runs M2N2's federated mode only"
     if proto.merge is None:
-        raise ConfigError(f"protocol={proto.cfg.name} has no Flower bridge: it is not fedavg and declares "
-                          "no per-node merge rule (Protocol.merge)")
-    problem = proto.relay_problem()
+        return (f"protocol={proto.cfg.name} has no Flower bridge: it is not fedavg or federated m2n2 and "
+                "declares no per-node merge rule (Protocol.merge)")
+    return proto.relay_problem()
+
+
+def check_bridged(sc: Scenario) -> None:
+    """Refuse scenarios the bridge would run differently from the simulator (ConfigError, one line)."""
+    problem = bridge_problem(sc)
     if problem:
         raise ConfigError(problem)
+    proto = sc.protocol
+    if isinstance(proto, fedavg.FedAvg) and proto.cfg.deadline is not None:
+        log.warning("protocol.deadline is simulated time and is ignored; the bridge waits "
+                    "round-timeout wall seconds for replies")
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
@@ -119,6 +141,8 @@ def serve(grid: Grid, s: Mapping[str, Any]) -> BridgeResult:
     check_bridged(sc)
     node_ids = wait_for_nodes(grid, cfg.nodes, float(s["connect-timeout"]))
     timeout = float(s["round-timeout"])
+    if isinstance(sc.protocol, m2n2.Federated):
+        return _m2n2(grid, sc, node_ids, timeout)
     if not isinstance(sc.protocol, fedavg.FedAvg):
         relay = Relay(grid, sc, timeout)
         relay.discover(node_ids)
@@ -127,6 +151,16 @@ def serve(grid: Grid, s: Mapping[str, Any]) -> BridgeResult:
         models = torch.stack([res.models[v] for v in vertices]) if vertices else torch.empty(0, sc.layout.size)
         return BridgeResult(cfg.protocol.name, models, vertices, res.metrics)
     return _fedavg(grid, sc, node_ids, timeout)
+
+
+def _m2n2(grid: Grid, sc: Scenario, node_ids: list[int], timeout: float) -> BridgeResult:
+    """Federated M2N2: the archive here, the scores at the nodes (bridge.archive). `models` is the
+    global model (Federated.models()), `archive` and `occupied` the whole final archive."""
+    server = ArchiveServer(grid, sc, timeout)
+    server.discover(node_ids)
+    res = server.run(sc.cfg.rounds)
+    return BridgeResult("m2n2", res.params[res.best].view(1, -1).clone(), [], res.metrics,
+                        archive=res.params, occupied=res.occupied)
 
 
 def _fedavg(grid: Grid, sc: Scenario, node_ids: list[int], timeout: float) -> BridgeResult:

@@ -1,5 +1,6 @@
 """How a model travels: a [P] row as an ArrayRecord of named tensors, and the checks every
-model that arrives must pass before it is used.
+model that arrives must pass before it is used (and, for federated M2N2, the checks on a
+node's partial sums: `read_partial`).
 
 Flower apps written without murmuration name their tensors their own way (a quickstart's
 `nn.Sequential` sends `0.weight ... 2.bias` where our MLP says `net.0.weight ...`). A record
@@ -89,3 +90,34 @@ def read_reply(msg: Message, layout: Layout, arrays_key: str = "arrays",
     if isinstance(w, list) or not np.isfinite(w) or w <= 0:
         raise BadReply(f"{weight_key} must be a number > 0, got {w!r}")
     return row, float(w)
+
+
+def read_partial(msg: Message, key: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The arrays of a partial-sums reply (federated M2N2): ArrayRecord `key` with exactly the
+    arrays named in `shapes`, each of that shape, numeric, finite and >= 0 (fitness, attraction
+    and counts are sums of non-negative terms). Returns float64 arrays (int64 for integer
+    arrays). Raises BadReply."""
+    if msg.has_error():
+        raise BadReply(f"error reply: {msg.error.reason}")
+    if not msg.has_content():
+        raise BadReply("empty reply")
+    if key not in msg.content.array_records:
+        raise BadReply(f"no ArrayRecord {key!r} (has {sorted(msg.content.keys())})")
+    record = msg.content.array_records[key]
+    if set(record.keys()) != set(shapes):
+        raise BadReply(f"partial sums {sorted(record.keys())}, expected {sorted(shapes)}")
+    out = {}
+    for name, shape in shapes.items():
+        try:
+            a = record[name].numpy()
+        except Exception as err:  # a corrupt payload
+            raise BadReply(f"{name} cannot be read: {err}") from None
+        if tuple(a.shape) != tuple(shape):
+            raise BadReply(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise BadReply(f"{name} has dtype {a.dtype}, expected numbers")
+        a = a.astype(np.int64 if np.issubdtype(a.dtype, np.integer) else np.float64)
+        if not np.isfinite(a).all() or (a < 0).any():
+            raise BadReply(f"{name} holds values that are NaN, infinite or negative")
+        out[name] = a
+    return out

@@ -1,8 +1,8 @@
 """The contract every registered protocol keeps, checked the same way for each (a new protocol
 is covered by being registered): same seed = same metrics.csv; batched = unbatched; bytes
 accounted; models() shaped [k, P]; its declared columns written; it learns a multi-label task
-too; its summary reproduces its config; and, where it has a per-node merge rule (or is fedavg),
-the Flower bridge ends with the simulator's final models.
+too; its summary reproduces its config; and, where the bridge runs it (fedavg, federated m2n2,
+a per-node merge rule), the Flower bridge ends with the simulator's final models.
 
 `toy_protocol` (this folder, outside the package) registers a user-written protocol: it is
 held to the same contract.
@@ -136,14 +136,14 @@ def test_bridge_ends_with_the_simulators_models(runs, name):
     pytest.importorskip("flwr")
     from bridge.client import client_app
     from bridge.scenario import load, settings
-    from bridge.server import serve
+    from bridge.server import bridge_problem, serve
     from flower_grid import LocalGrid
 
-    cls = protocol_class(name)
-    if cls.merge is None and name != "fedavg":
-        pytest.skip(f"{name} declares no per-node merge rule: not bridged")
     # the relay runs synchronous rounds over full participation: a scenario both engines run alike
     ov = [o for o in scenario(name) if not o.startswith(("speed=", "topology.latency", "sim."))] + ["rounds=2"]
+    problem = bridge_problem(load(" ".join(ov)))  # e.g. no per-node merge rule, decentralized M2N2
+    if problem:
+        pytest.skip(f"{name} is not bridged: {problem}")
     s = settings({}, {"overrides": " ".join(ov), "connect-timeout": 1.0, "round-timeout": 0.5})
     res = serve(LocalGrid(client_app(), 9, run_config=s), s)
     ref = run(overrides=[*ov, "sim.progress=false"]).final_models
