@@ -6,8 +6,9 @@ A model is one row of the stack, in the layout's canonical order (kernels.stack.
 template's parameters in `named_parameters` order, each row-major), so a split point indexes
 the same coordinate in every engine.
 
-Scores are 0/1 [K, N] (bool, or float where they are summed often): s[i, j] says whether model i gets example j right. With `z_j` the
-number of models that get j right (0 counted as 1) and `w_j = c_j / z_j^alpha`:
+Scores are 0/1 [K, N] (bool, or float where they are summed often): s[i, j] says whether
+model i gets example j right. With `z_j` the number of models that get j right (0 counted as
+1) and `w_j = c_j / z_j^alpha`:
     shared fitness   f_i = sum_j s_ij w_j
     attraction       g(a, b) = sum_j max(0, s_bj w_j - s_aj w_j) = sum_j s_bj (1 - s_aj) w_j
 Every sum runs over examples, so an owner of some examples can compute its part of every sum

@@ -7,6 +7,7 @@ The mixer is splitmix64 on int64 tensors (multiplication wraps two's-complement)
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -41,3 +42,10 @@ def counter_uniform(seed: int, *counters: torch.Tensor) -> torch.Tensor:
     for c in counters:
         x = mix64(x + _GOLDEN + c.to(torch.int64))
     return _shr(x, 11).to(torch.float64) * (1.0 / (1 << 53))
+
+
+def counter_normal(seed: int, *counters: torch.Tensor) -> torch.Tensor:
+    """float64 standard normals keyed like `counter_uniform` (Box-Muller on two uniforms)."""
+    u1 = counter_uniform(seed, *counters, torch.zeros((), dtype=torch.long))
+    u2 = counter_uniform(seed, *counters, torch.ones((), dtype=torch.long))
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * math.pi * u2)

@@ -182,3 +182,18 @@ def local_sgd(model: BatchedModel, params: torch.Tensor, buf: torch.Tensor, X: t
         total += torch.where(active, losses.double(), torch.zeros_like(total))
         step_counter += active.long()
     return torch.where(steps > 0, total / steps.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def full_batch_adam(model: BatchedModel, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int,
+                    lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
+    """`steps` full-batch Adam steps (Kingma and Ba; optax's defaults) on rows [n, D], each on
+    the same set x [T, F], y [T]; returns the trained rows."""
+    p = rows.clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    xb, yb = x.expand(len(p), *x.shape), y.expand(len(p), *y.shape)
+    for t in range(1, steps + 1):
+        g, _ = model.grad(p, xb, yb)
+        m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
+        v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+        p -= lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
+    return p

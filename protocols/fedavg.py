@@ -11,7 +11,6 @@ import torch
 from kernels import weighted_mean
 from kernels.random import derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
-from topologies import link_delay
 
 
 def aggregate(rows: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
@@ -61,7 +60,7 @@ class FedAvg(Protocol):
         return {"clients_dropped": float(self.dropped)}
 
     def _delay(self, nodes):
-        return link_delay(self.world.server_latency[nodes], self.world.server_bandwidth[nodes], self.model_bytes)
+        return self.world.server_delay(nodes, self.model_bytes)
 
     def _round_start(self, t, nodes, payload):
         self.round += 1

@@ -39,11 +39,11 @@ import torch
 
 from kernels.merging import (Scorer, attraction, correctness, niche_weights, partial_attraction, partial_fitness,
                              shared_fitness, slerp, slerp_pair)
-from kernels.random import counter_uniform, derive_seed
+from kernels import full_batch_adam, init_stack
+from kernels.random import counter_normal, counter_uniform, derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
 from protocols.gossip import Gossip
 from protocols.registry import ProtocolError
-from topologies import link_delay
 
 MODES = ("federated", "decentralized", "central")
 CROSSOVERS = ("split", "whole", "none")
@@ -114,6 +114,20 @@ def pick(weights: np.ndarray, u: float, allowed: np.ndarray) -> int:
     return i
 
 
+def draw_parents(fitness: np.ndarray, attraction_of, occupied: np.ndarray, u: np.ndarray,
+                 matchmaker: bool) -> tuple[int, int]:
+    """(A, B) from two uniforms: A by shared fitness; B by attraction to A (`attraction_of(a)`:
+    g(a, b) for every slot b), uniform over the other models when A dominates them all and A
+    itself when there is none; or, without the matchmaker, B by fitness like A."""
+    a = pick(fitness, u[0], occupied)
+    if not matchmaker:
+        return a, pick(fitness, u[1], occupied)
+    others = occupied.copy()
+    others[a] = False
+    b = pick(attraction_of(a), u[1], others)
+    return a, (a if b < 0 else b)
+
+
 class Archive:
     """Models [P, D] (torch, on the run's device) with their scores on one evaluation set.
 
@@ -174,16 +188,8 @@ class Archive:
         return int(np.argmax(self.scores.sum(1)))
 
     def parents(self, u: np.ndarray, matchmaker: bool) -> tuple[int, int]:
-        """(A, B) from two uniforms: A by shared fitness; B by attraction to A (uniform over
-        the other models when A dominates them all), or by fitness like A without the
-        matchmaker."""
-        a = pick(self.fitness, u[0], self.occupied)
-        if not matchmaker:
-            return a, pick(self.fitness, u[1], self.occupied)
-        others = self.occupied.copy()
-        others[a] = False
-        b = pick(self.attraction(a), u[1], others)
-        return a, (a if b < 0 else b)
+        """(A, B) drawn from this archive (draw_parents)."""
+        return draw_parents(self.fitness, self.attraction, self.occupied, u, matchmaker)
 
 
 class M2N2(Protocol):
@@ -210,26 +216,10 @@ class M2N2(Protocol):
     def draw_models(self, k: int, stream: str) -> torch.Tensor:
         """k first models: N(0, init_std^2) per parameter, or torch's layer init (independent)."""
         if self.cfg.init == "default":
-            from kernels import init_stack
             return init_stack(self.world.model.module, self.world.layout, k, derive_seed(self.world.seed, stream),
                               independent=True, device=self.world.device)
         g = torch.Generator(device=self.world.device).manual_seed(derive_seed(self.world.seed, stream))
         return torch.randn(k, self.world.layout.size, generator=g, device=self.world.device) * self.cfg.init_std
-
-
-def adam(model, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-         betas=(0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
-    """`steps` full-batch Adam steps (Kingma and Ba; optax's defaults) on rows [n, D], each on
-    the same set x [T, F], y [T]."""
-    p = rows.clone()
-    m, v = torch.zeros_like(p), torch.zeros_like(p)
-    xb, yb = x.expand(len(p), *x.shape), y.expand(len(p), *y.shape)
-    for t in range(1, steps + 1):
-        g, _ = model.grad(p, xb, yb)
-        m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
-        v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-        p -= lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
-    return p
 
 
 class Central(M2N2):
@@ -267,7 +257,8 @@ class Central(M2N2):
             mine = (self.y * len(seeds)) // n_classes == k
             if not bool(mine.any()):
                 continue
-            out[k:k + 1] = adam(w.model, out[k:k + 1], self.x[mine], self.y[mine], cfg.pretrain_steps, cfg.pretrain_lr)
+            out[k:k + 1] = full_batch_adam(w.model, out[k:k + 1], self.x[mine], self.y[mine], cfg.pretrain_steps,
+                                           cfg.pretrain_lr)
         return out
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, points: int) -> None:
@@ -357,7 +348,8 @@ class Federated(M2N2):
         d = self.fleet.data
         self.x_sel, self.y_sel, sizes = selection_set(d)
         self.sel_sizes = sizes
-        self.owner = torch.repeat_interleave(torch.arange(w.n, device=w.device), torch.as_tensor(sizes, device=w.device))
+        self.owner = torch.repeat_interleave(torch.arange(w.n, device=w.device),
+                                             torch.as_tensor(sizes, device=w.device))
         self.capacity = None
         if cfg.capacity == "node":  # c_j = 1 / |V_k|: every node's rows weigh 1 in all
             self.capacity = 1.0 / torch.as_tensor(sizes, dtype=torch.float64, device=w.device)[self.owner]
@@ -446,13 +438,11 @@ class Federated(M2N2):
         return {"evaluations": float(self.evaluations), "archive_best_accuracy": float(acc.max()),
                 "archive_mean_accuracy": float(acc.mean()), "replacements": float(self.replaced)}
 
-    def _delay(self, nodes, n_bytes):
-        return link_delay(self.world.server_latency[nodes], self.world.server_bandwidth[nodes], n_bytes)
-
     def children(self, k: int, rng: np.random.Generator, noise: torch.Generator) -> torch.Tensor:
         """k children of parents drawn from the settled archive."""
         cfg = self.cfg
-        pairs = np.array([self._parents(rng.random(2)) for _ in range(k)])
+        pairs = np.array([draw_parents(self.fitness, self.attract.__getitem__, self.occupied, rng.random(2),
+                                       cfg.matchmaker) for _ in range(k)])
         A = self.params[torch.as_tensor(pairs[:, 0], device=self.params.device)]
         B = self.params[torch.as_tensor(pairs[:, 1], device=self.params.device)]
         d = A.shape[1]
@@ -465,15 +455,6 @@ class Federated(M2N2):
         if cfg.mutation:
             child += torch.randn(child.shape, generator=noise, device=child.device) * cfg.mutation
         return child
-
-    def _parents(self, u) -> tuple[int, int]:
-        a = pick(self.fitness, u[0], self.occupied)
-        if not self.cfg.matchmaker:
-            return a, pick(self.fitness, u[1], self.occupied)
-        others = self.occupied.copy()
-        others[a] = False
-        b = pick(self.attract[a], u[1], others)
-        return a, (a if b < 0 else b)
 
     def draw_round(self, r: int) -> tuple[np.ndarray, torch.Tensor]:
         """Round r's clients (a `fraction` of the nodes, sorted) and their children [k, D], drawn
@@ -491,7 +472,7 @@ class Federated(M2N2):
         self.fleet.set_params(self.selected, children, reset_momentum=True)
         self.arrived = 0
         self.bytes_sent += len(self.selected) * self.model_bytes
-        self.engine.schedule("download", t + self._delay(self.selected, self.model_bytes), self.selected)
+        self.engine.schedule("download", t + self.world.server_delay(self.selected, self.model_bytes), self.selected)
 
     def _download(self, t, nodes, payload):
         self.engine.schedule("train_done", t + self.fleet.train_time(nodes, t), nodes, start=t)
@@ -499,7 +480,7 @@ class Federated(M2N2):
     def _train_done(self, t, nodes, payload):
         self.fleet.train(nodes, payload["start"])
         self.bytes_sent += len(nodes) * self.model_bytes
-        self.engine.schedule("upload", t + self._delay(nodes, self.model_bytes), nodes)
+        self.engine.schedule("upload", t + self.world.server_delay(nodes, self.model_bytes), nodes)
 
     def _upload(self, t, nodes, payload):
         self.arrived += len(nodes)
@@ -510,7 +491,7 @@ class Federated(M2N2):
         k, w = len(self.selected), self.world
         scorers = np.flatnonzero(self.sel_sizes > 0)
         busy = k * self.sel_sizes[scorers] / w.speeds[scorers]
-        down = self._delay(scorers, k * self.model_bytes)
+        down = self.world.server_delay(scorers, k * self.model_bytes)
         back = k * 2 * w.server_latency[scorers]
         self.bytes_sent += k * len(scorers) * self.model_bytes
         self.engine.schedule("scored", t + float((down + busy + back).max(initial=0.0)), -1)
@@ -524,13 +505,6 @@ class Federated(M2N2):
         self.settle_nodes()
         self.on_round(self.round, t)
         self.engine.schedule("round_start", t, -1)
-
-
-def counter_normal(seed: int, *counters: torch.Tensor) -> torch.Tensor:
-    """Standard normals keyed like kernels.random.counter_uniform (Box-Muller on two uniforms)."""
-    u1 = counter_uniform(seed, *counters, torch.zeros((), dtype=torch.long))
-    u2 = counter_uniform(seed, *counters, torch.ones((), dtype=torch.long))
-    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * math.pi * u2)
 
 
 class Decentralized(M2N2, Gossip):
@@ -565,14 +539,14 @@ class Decentralized(M2N2, Gossip):
 
     def _selection(self, nodes: np.ndarray):
         """The nodes' selection rows, padded: X [n, V, F], y [n, V], mask [n, V]."""
+        if len(self.x_sel) == 0:
+            return None
         dev = self.x_sel.device
         width = max(1, int(self.sel_sizes[nodes].max(initial=0)))
         slot = torch.arange(width, device=dev).view(1, -1)
         size = torch.as_tensor(self.sel_sizes[nodes], device=dev).view(-1, 1)
         first = torch.as_tensor(self.sel_offsets[nodes], device=dev).view(-1, 1)
-        idx = (first + torch.minimum(slot, (size - 1).clamp(min=0))).clamp(max=max(0, len(self.x_sel) - 1))
-        if len(self.x_sel) == 0:
-            return None
+        idx = (first + torch.minimum(slot, (size - 1).clamp(min=0))).clamp(max=len(self.x_sel) - 1)
         return self.x_sel[idx], self.y_sel[idx], slot < size
 
     def _scores(self, rows: torch.Tensor, sel) -> torch.Tensor:
@@ -628,7 +602,8 @@ class Decentralized(M2N2, Gossip):
             child = slerp(own, B, u[2], split)
         if cfg.mutation:
             coord = torch.arange(d, device=dev).view(1, -1)
-            child += counter_normal(self._seed, key[0].view(-1, 1), key[1].view(-1, 1), coord).to(child.dtype) * cfg.mutation
+            noise = counter_normal(self._seed, key[0].view(-1, 1), key[1].view(-1, 1), coord)
+            child += noise.to(child.dtype) * cfg.mutation
         self.merge_count[nodes] += 1
         if sel is None:
             return child, torch.ones(n, dtype=torch.bool, device=dev)

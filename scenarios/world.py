@@ -30,7 +30,7 @@ from kernels import MLP, BatchedModel, LeNet, LogisticRegression, SmallCNN, init
 from kernels.random import derive_seed
 from protocols.registry import ProtocolError, import_object
 from scenarios.schema import ConfigError, RunConfig, first_line
-from topologies import attach_links, build_graph, check_graph, edge_arrays
+from topologies import attach_links, build_graph, check_graph, edge_arrays, link_delay
 
 
 def rng(seed: int, name: str) -> np.random.Generator:
@@ -83,6 +83,10 @@ class World:
     def edges(self) -> dict[str, np.ndarray]:
         """The graph as sorted directed edge arrays (topologies.edge_arrays)."""
         return edge_arrays(self.graph)
+
+    def server_delay(self, nodes: np.ndarray, n_bytes: float) -> np.ndarray:
+        """Seconds for `n_bytes` to cross each node's link to the server (either way)."""
+        return link_delay(self.server_latency[nodes], self.server_bandwidth[nodes], n_bytes)
 
     def protocol(self):
         """The scenario's protocol, built from its config and this world (no engine yet)."""

@@ -9,7 +9,8 @@ import torch
 
 from kernels.merging import (Scorer, attraction, attraction_matrix, correctness, niche_weights, pack_scores,
                              partial_attraction, partial_fitness, shared_fitness, slerp, slerp_pair, unpack_scores)
-from protocols.m2n2 import Archive, _pick_rows, counter_normal, pick
+from kernels.random import counter_normal
+from protocols.m2n2 import Archive, _pick_rows, pick
 from scenarios import assemble, resolve
 from simulator import run
 
