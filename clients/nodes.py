@@ -150,11 +150,14 @@ class Prequential:
     current model predicts them. Counts pool over every node and row (task.counts), so the
     metrics are those of one prequential pass over the union of the streams."""
 
-    def __init__(self, data: NodeData, max_elements: int = 1 << 22):
+    def __init__(self, data: NodeData, max_elements: int = 1 << 22, per_node: bool = False):
+        """`per_node`: also keep each node's own counts (`node_counts` [N, K], on the device)."""
         self.data = data
         self.task = data.model.task
         self.seen = np.zeros(data.n, dtype=np.int64)
         self.total: torch.Tensor | None = None
+        self.node_counts: torch.Tensor | None = None
+        self.per_node = per_node
         self.max_elements = max_elements
 
     @torch.no_grad()
@@ -174,8 +177,13 @@ class Prequential:
             first = d.offsets[ids] + torch.as_tensor(self.seen[nodes[sl]], device=d.device)
             count = torch.as_tensor(new[sl], device=d.device).view(-1, 1)
             idx = (first.view(-1, 1) + torch.minimum(slot, (count - 1).clamp(min=0))).clamp(max=len(d.X) - 1)
-            counts = self.task.counts(d.model.logits(params[sl], d.X[idx]), d.y[idx], slot < count)
-            self.total = counts if self.total is None else self.total + counts
+            counts = self.task.counts(d.model.logits(params[sl], d.X[idx]), d.y[idx], slot < count, per_model=True)
+            if self.per_node:
+                if self.node_counts is None:
+                    self.node_counts = torch.zeros(d.n, counts.shape[1], dtype=torch.float64, device=d.device)
+                self.node_counts[ids] += counts
+            pooled = counts.sum(0).cpu()
+            self.total = pooled if self.total is None else self.total + pooled
         self.seen[nodes] = np.maximum(self.seen[nodes], avail)
 
     def metrics(self) -> dict[str, float]:

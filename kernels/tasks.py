@@ -52,9 +52,10 @@ class Task:
         out.update({f"{k}_mean": float(v.mean()) for k, v in metrics.items() if k != self.headline})
         return out
 
-    def counts(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def counts(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, per_model: bool = False) -> torch.Tensor:
         """Additive counts (float64 [K]) over the rows where mask [n, T] is True; logits [n, T, C],
-        y [n, T(, L)]. Summing counts and calling `from_counts` pools the metrics."""
+        y [n, T(, L)]. Summing counts and calling `from_counts` pools the metrics. `per_model`:
+        one count vector per model [n, K] (on the models' device)."""
         raise NotImplementedError
 
     def from_counts(self, counts: torch.Tensor) -> dict[str, float]:
@@ -85,11 +86,12 @@ class Multiclass(Task):
         loss = F.cross_entropy(logits.transpose(1, 2), y.expand(logits.shape[0], -1), reduction="none").mean(1)
         return {"accuracy": acc, "loss": loss}
 
-    def counts(self, logits, y, mask):
+    def counts(self, logits, y, mask, per_model=False):
         m = mask.double()
-        correct = ((logits.argmax(-1) == y).double() * m).sum()
-        loss = (F.cross_entropy(logits.transpose(1, 2), y, reduction="none").double() * m).sum()
-        return torch.stack([correct, loss, m.sum()]).cpu()
+        correct = ((logits.argmax(-1) == y).double() * m).sum(1)
+        loss = (F.cross_entropy(logits.transpose(1, 2), y, reduction="none").double() * m).sum(1)
+        out = torch.stack([correct, loss, m.sum(1)], 1)
+        return out if per_model else out.sum(0).cpu()
 
     def from_counts(self, counts):
         correct, loss, rows = counts.tolist()
@@ -133,19 +135,27 @@ class Multilabel(Task):
                 "hamming_loss": (pred != truth).float().mean((1, 2)),
                 "loss": loss}
 
-    def counts(self, logits, y, mask):
+    def counts(self, logits, y, mask, per_model=False):
+        """[tp, fp, fn, summed loss] per label (4 x L), then exact matches, summed mean loss, rows."""
         m = mask.unsqueeze(-1)
         pred, truth = (logits > 0) & m, y.bool() & m
-        tp = (pred & truth).sum((0, 1)).double()
-        fp = (pred & ~truth).sum((0, 1)).double()
-        fn = (~pred & truth).sum((0, 1)).double()
-        exact = (((logits > 0) == y.bool()).all(-1) & mask).sum().double()
-        loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1).double()
-                * mask.double()).sum()
-        return torch.cat([tp, fp, fn, torch.stack([exact, loss, mask.sum().double()])]).cpu()
+        tp = (pred & truth).sum(1).double()
+        fp = (pred & ~truth).sum(1).double()
+        fn = (~pred & truth).sum(1).double()
+        label_loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none").double() * m).sum(1)
+        exact = (((logits > 0) == y.bool()).all(-1) & mask).sum(1).double()
+        rows = mask.sum(1).double()
+        out = torch.cat([tp, fp, fn, label_loss, torch.stack([exact, label_loss.mean(-1), rows], 1)], 1)
+        return out if per_model else out.sum(0).cpu()
+
+    @staticmethod
+    def label_losses(counts: torch.Tensor) -> torch.Tensor:
+        """The summed loss per label [..., L] inside counts [..., 4L + 3]."""
+        n_labels = (counts.shape[-1] - 3) // 4
+        return counts[..., 3 * n_labels:4 * n_labels]
 
     def from_counts(self, counts):
-        n_labels = (len(counts) - 3) // 3
+        n_labels = (len(counts) - 3) // 4
         tp, fp, fn = counts[:n_labels], counts[n_labels:2 * n_labels], counts[2 * n_labels:3 * n_labels]
         exact, loss, rows = counts[-3:].tolist()
         if rows == 0:

@@ -10,6 +10,7 @@ from protocols.fedavg import FedAvg, FedAvgConfig
 from protocols.gossip import Gossip, GossipConfig
 from protocols.vc_gossip import VCGossip, VCGossipConfig
 from protocols.m2n2 import M2N2, M2N2Config
+from protocols.ihomer import IHomer, IHomerConfig
 
-__all__ = ["FedAvg", "FedAvgConfig", "Gossip", "GossipConfig", "M2N2", "M2N2Config", "Priority", "Protocol", "ProtocolConfig",
+__all__ = ["FedAvg", "FedAvgConfig", "Gossip", "GossipConfig", "IHomer", "IHomerConfig", "M2N2", "M2N2Config", "Priority", "Protocol", "ProtocolConfig",
            "ProtocolError", "VCGossip", "VCGossipConfig", "get", "names"]

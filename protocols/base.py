@@ -74,6 +74,12 @@ class Protocol:
         return cls.uses_graph
 
     @classmethod
+    def template(cls, cfg, data):
+        """A model of the protocol's own kind for this data (a BatchedModel), or None: the
+        config's `model`. iHOMER's nodes learn classifier chains over a label partition."""
+        return None
+
+    @classmethod
     def independent_init(cls, cfg) -> bool:
         """Does every node start from its own random model (else one shared model)?"""
         return False
@@ -109,6 +115,11 @@ class Protocol:
     def models(self) -> torch.Tensor:
         """The models to evaluate, one row each [k, P] (all nodes; FedAvg: the global model)."""
         return self.fleet.params
+
+    def evaluate(self, rows: torch.Tensor, nodes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The task's metrics of rows [k, P] of models() on the held-out test set; `nodes` names
+        the rows when they are a sample of models() (None: all of them)."""
+        return self.world.evaluate(rows)
 
     def train_loss(self) -> float:
         """Mean last local training loss (NaN when there is none)."""

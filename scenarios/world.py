@@ -227,12 +227,20 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
 
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_memory(cfg, model if model is not None else _on_meta(cfg, data))
-    module = model if model is not None else build_model(cfg, data)
     try:
-        batched = BatchedModel(module.to(cfg.device), data.task)
-    except ValueError as err:  # no parameters, or buffers
-        raise ConfigError(f"model: {err}") from None
+        own = proto.template(cfg.protocol, data) if model is None else None
+    except ProtocolError as err:
+        raise ConfigError(str(err)) from None
+    if own is not None:  # the protocol's own kind of model (the model group does not apply)
+        check_memory(cfg, own.module)
+        batched = own.to(cfg.device)
+    else:
+        check_memory(cfg, model if model is not None else _on_meta(cfg, data))
+        module = model if model is not None else build_model(cfg, data)
+        try:
+            batched = BatchedModel(module.to(cfg.device), data.task)
+        except ValueError as err:  # no parameters, or buffers
+            raise ConfigError(f"model: {err}") from None
     probe(batched, data, cfg.device)
     return World(cfg, data, owner, val_owner, graph, name, server_latency, server_bandwidth, speeds,
                  stream_rates, batched, proto, given_weights=model is not None)

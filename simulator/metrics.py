@@ -90,7 +90,15 @@ def plot_curves(rows: list[dict], path: Path, title: str = "", headline: str = "
 
     r = [row["round"] for row in rows]
     t = [row["sim_time_s"] for row in rows]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharey="row")
+    preq = [k for k in rows[0] if k.startswith("prequential_") and k != "prequential_loss"
+            and not k.startswith("prequential_node")]
+    # a third row: every prequential metric, when the run streams (multi-label: F1s, subset, Hamming)
+    fig, axes = plt.subplots(3 if len(preq) > 1 else 2, 2, figsize=(10, 9.5 if len(preq) > 1 else 6.5),
+                             sharey="row")
+    # a protocol that re-partitions (iHOMER) counts it: mark each change on every panel
+    changes = []
+    if "restructures" in rows[0]:
+        changes = [i for i in range(1, len(rows)) if rows[i]["restructures"] > rows[i - 1]["restructures"]]
     for col, x, label in ((0, r, "round"), (1, t, "simulated time (s)")):
         ax = axes[0, col]
         ax.plot(x, [row[f"{headline}_mean"] for row in rows], label="mean over nodes")
@@ -110,6 +118,19 @@ def plot_curves(rows: list[dict], path: Path, title: str = "", headline: str = "
         ax.set_ylabel("loss")
         ax.legend(loc="upper right")
         ax.grid(alpha=0.3)
+        if len(preq) > 1:
+            ax = axes[2, col]
+            for k in preq:
+                ax.plot(x, [row[k] for row in rows], label=k.removeprefix("prequential_").replace("_", " "))
+            ax.set_xlabel(label)
+            ax.set_ylabel("prequential (pooled)")
+            ax.legend(loc="best", fontsize=8)
+            ax.grid(alpha=0.3)
+        for i in changes:
+            for ax in axes[:, col]:
+                ax.axvline(x[i], color="gray", ls=":", lw=0.8)
+    if changes:
+        title = f"{title}\n(dotted: the label partition changed)"
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

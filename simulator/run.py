@@ -126,8 +126,9 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
     def evaluate(r: int, t: float) -> None:
         models = protocol.models()
         ok = torch.isfinite(models.sum(dim=1))  # NaN/inf anywhere in a row (or values near float32's max)
-        rows = models if eval_nodes is None or len(models) == 1 else models[eval_nodes]
-        scores = world.evaluate(rows)
+        which = None if eval_nodes is None or len(models) == 1 else eval_nodes
+        rows = models if which is None else models[which]
+        scores = protocol.evaluate(rows, which)
         loss = scores["loss"]
         if not first_loss:
             finite = loss[torch.isfinite(loss)]
