@@ -314,6 +314,105 @@ def load_synthetic_multilabel(
                    image_shape=None)
 
 
+_YEAST_ROWS, _YEAST_FEATURES, _YEAST_LABELS = 2417, 103, 14
+
+
+def load_yeast(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Yeast (Elisseeff and Weston 2001) as river bundles it: 2,417 genes, 103 features (each row
+    scaled to unit norm, used as stored), 14 functional classes as labels (cardinality 4.24).
+
+    The rows keep river's order, which is the stream order; the LAST round(test_fraction * 2417)
+    rows are the test split and the first ones the training stream (`seed` shuffles nothing).
+    Read with numpy from river's csv.gz (river's own row-by-row reader takes seconds).
+    """
+    import gzip
+
+    _check_fraction(test_fraction)
+    n_test = round(test_fraction * _YEAST_ROWS)
+    if not 1 <= n_test < _YEAST_ROWS:
+        raise DataError(f"data.test_fraction={test_fraction} leaves an empty side of Yeast's 2,417 rows; "
+                        "use a value between 0.0005 and 0.9995")
+    import importlib.util
+
+    spec = importlib.util.find_spec("river")  # the file's place, without importing all of river
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data=yeast needs river's bundled copy of Yeast: pip install river")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "yeast.csv.gz")
+    try:
+        with gzip.open(path, "rt") as f:
+            header = f.readline().strip().split(",")
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"river's Yeast file could not be read ({_reason(exc)}); reinstall river") from None
+    if table.shape != (_YEAST_ROWS, _YEAST_FEATURES + _YEAST_LABELS) or header[-1] != "Class14":
+        raise DataError(f"river's Yeast file holds {table.shape} values, not 2,417 x 117; reinstall river")
+    X = np.ascontiguousarray(table[:, :_YEAST_FEATURES])
+    Y = table[:, _YEAST_FEATURES:].astype(np.uint8)
+    cut = _YEAST_ROWS - n_test
+    return Dataset("yeast", X[:cut], Y[:cut], X[cut:], Y[cut:], n_classes=_YEAST_LABELS, image_shape=None)
+
+
+def planted_blocks(n_labels: int, block_size: int, seed: int, swap: bool = False) -> np.ndarray:
+    """The planted label partition of `load_label_blocks` with the same arguments: the block of
+    each label [n_labels] (int64), before the structure swap, or after it when `swap`."""
+    perm = np.random.default_rng([seed, 1 if swap else 0, 7]).permutation(n_labels)
+    block = np.empty(n_labels, dtype=np.int64)
+    block[perm] = np.arange(n_labels) // block_size
+    return block
+
+
+def load_label_blocks(n_samples: int = 20000, n_features: int = 32, n_labels: int = 50, block_size: int = 5,
+                      blocks_per_sample: int = 2, noise: float = 0.02, swap_at: float | None = None,
+                      test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """A multi-label stream with a planted label partition (the ground truth of a label
+    clustering). Labels fall in blocks of `block_size` (`planted_blocks`); each instance turns
+    on `blocks_per_sample` blocks drawn at random, every label of an active block on, then flips
+    each label bit with probability `noise`. Features are x = y_clean A + 0.5 e with A a seeded
+    Gaussian [n_labels, n_features] / sqrt(block_size) and e standard normal, so a linear model
+    can learn the labels. With `swap_at` (a fraction of the stream) the blocks are re-drawn from
+    that row on (concept drift; `planted_blocks(..., swap=True)`). The training rows are the
+    stream in order; the test split is round(test_fraction * n_samples) extra rows of the final
+    concept."""
+    _check_int(n_labels, "n_labels", 2)
+    _check_int(n_features, "n_features", 1)
+    _check_int(n_samples, "n_samples", 1)
+    _check_int(block_size, "block_size", 1)
+    if block_size > n_labels:
+        raise DataError(f"data.block_size must be at most data.n_labels={n_labels}, got {block_size}")
+    n_blocks = -(-n_labels // block_size)
+    _check_int(blocks_per_sample, "blocks_per_sample", 1)
+    if blocks_per_sample > n_blocks:
+        raise DataError(f"data.blocks_per_sample must be at most the number of blocks ({n_blocks}), "
+                        f"got {blocks_per_sample}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.number)) or not 0 <= noise < 0.5:
+        raise DataError(f"data.noise must be a number in [0, 0.5), got {noise!r}")
+    if swap_at is not None and (isinstance(swap_at, bool) or not isinstance(swap_at, (int, float, np.number))
+                                or not 0 < swap_at < 1):
+        raise DataError(f"data.swap_at must be a fraction of the stream in (0, 1) or null, got {swap_at!r}")
+    _check_fraction(test_fraction)
+    n_samples, n_features, n_labels = int(n_samples), int(n_features), int(n_labels)
+    n_test = max(1, round(test_fraction * n_samples))
+    total = n_samples + n_test
+    _check_memory(total * (n_features * 4 * 3 + n_labels * 8 * 3), f"data.n_samples={n_samples} x data.n_labels="
+                  f"{n_labels}", "lower data.n_samples, data.n_labels or data.n_features")
+    rng = np.random.default_rng([seed, 11])
+    A = (rng.standard_normal((n_labels, n_features)) / math.sqrt(block_size)).astype(np.float32)
+    # which blocks each row turns on: the first blocks_per_sample of a random order
+    active = np.argsort(rng.random((total, n_blocks)), axis=1)[:, :blocks_per_sample]
+    on = np.zeros((total, n_blocks), dtype=bool)
+    np.put_along_axis(on, active, True, axis=1)
+    cut = n_samples if swap_at is None else int(round(swap_at * n_samples))
+    Y = np.empty((total, n_labels), dtype=np.uint8)
+    for swapped, rows in ((False, slice(0, cut)), (True, slice(cut, total))):
+        block = planted_blocks(n_labels, block_size, seed, swap=swapped and swap_at is not None)
+        Y[rows] = on[rows][:, block]
+    X = Y.astype(np.float32) @ A
+    X += 0.5 * rng.standard_normal(X.shape, dtype=np.float32)
+    Y ^= (rng.random(Y.shape) < noise).astype(np.uint8)
+    return Dataset("label_blocks", X[:n_samples], Y[:n_samples], X[n_samples:], Y[n_samples:], n_classes=n_labels,
+                   image_shape=None)
+
+
 # ---- user npz files -------------------------------------------------------------------------
 
 _NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
@@ -597,7 +696,7 @@ def load_npz(path: str) -> Dataset:
 
 
 _LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "synthetic_multilabel": load_synthetic_multilabel,
-            "npz": load_npz}
+            "yeast": load_yeast, "label_blocks": load_label_blocks, "npz": load_npz}
 DATASETS = tuple(_LOADERS)
 
 

@@ -37,14 +37,14 @@ def partition(
       quantity   node sizes follow power-law weights pareto(exponent) + 1 (smaller exponent,
                  heavier tail), at least one sample each; labels stay IID.
 
-    Multi-label data (y a 2-D label matrix) takes iid and quantity, which ignore labels.
+    Multi-label data (y a 2-D 0/1 label matrix): dirichlet and shards split by each row's
+    rarest positive label (`rarest_label`), so a node holds the rows of a few rare labels.
     Raises PartitionError if any node would end up with no data rather than patching it.
     """
     y = np.asarray(y)
     n_samples = len(y)
     if y.ndim == 2 and scheme in ("dirichlet", "shards"):
-        raise PartitionError(f"partition={scheme} splits by class and these labels are multi-label; "
-                             "use data.partition=iid or quantity")
+        y = rarest_label(y)
     if y.ndim not in (1, 2) or (y.ndim == 1 and not np.issubdtype(y.dtype, np.integer)):
         raise PartitionError(f"labels must be a 1-D integer array (or a 2-D label matrix), got shape {y.shape} "
                              f"dtype {y.dtype}")
@@ -83,6 +83,17 @@ def partition(
     if empty:
         raise PartitionError(f"{scheme} partition left {empty} of {n_nodes} nodes with no data; {hint}")
     return owner
+
+
+def rarest_label(Y: np.ndarray) -> np.ndarray:
+    """One class key per row of a 0/1 label matrix [M, L]: its positive label with the fewest
+    positives overall (ties: the lowest index), or L for a row with no label."""
+    Y = np.asarray(Y) > 0
+    freq = Y.sum(0)
+    rank = np.argsort(np.argsort(freq, kind="stable"), kind="stable")  # 0: the rarest label
+    score = np.where(Y, rank[None, :], len(freq))
+    key = np.argmin(score, axis=1)
+    return np.where(Y.any(1), key, len(freq)).astype(np.int64)
 
 
 def _iid(n_samples: int, n_nodes: int, rng: np.random.Generator) -> np.ndarray:

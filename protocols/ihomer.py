@@ -120,9 +120,9 @@ class IHomer(FedAvg):
         self.version = self.restructures = self.local_drifts = self.cluster_resets = 0
         self._adwin: dict = {}
         self._seen_loss = None  # per-node label-loss sums and rows at the last ADWIN update
-        self._flags: dict[tuple, int] = {}   # cluster -> nodes that flagged it this round
+        self._flags: dict[tuple, set] = {}   # cluster -> the nodes that flagged it this round
         self._flagged: list[tuple] = []      # (node, cluster) flags this round
-        self._reporting = 0
+        self._reporting: set = set()         # the nodes that reported losses this round
         self._apply(self._target(self.odac.partition), initial=True)
 
     def _target(self, odac_partition: np.ndarray) -> np.ndarray:
@@ -209,8 +209,9 @@ class IHomer(FedAvg):
 
     def _close_round(self) -> None:
         """The coordinator's step at the end of a round, on what the round's uploads brought."""
-        flags, reporting = self._flags, self._reporting
-        self._flags, self._flagged, self._reporting = {}, [], 0
+        flags = {k: len(v) for k, v in self._flags.items()}
+        reporting = len(self._reporting)
+        self._flags, self._flagged, self._reporting = {}, [], set()
         counts, self.round_counts = self.round_counts, LabelCounts.zeros(self.n_labels)
         self.coordinate(counts, flags, reporting)
 
@@ -247,7 +248,7 @@ class IHomer(FedAvg):
         rows = delta[:, -1]
         losses = Multilabel.label_losses(delta)
         groups = partition_groups(self.chain.partition)
-        self._reporting += int((rows > 0).sum())
+        self._reporting.update(nodes[rows > 0].tolist())
         for g in groups:
             key = tuple(int(i) for i in g)
             per = losses[:, g].sum(1) / np.maximum(rows * len(g), 1)
@@ -260,7 +261,7 @@ class IHomer(FedAvg):
                 det.update(value)
                 if det.drift_detected:
                     self.local_drifts += 1
-                    self._flags[key] = self._flags.get(key, 0) + 1
+                    self._flags.setdefault(key, set()).add(node)
                     self._flagged.append((node, key))
 
     def extra_metrics(self):
@@ -379,7 +380,7 @@ class Decentralized(IHomer):
             for node, cluster in self._flagged:
                 self.cluster_resets += 1
                 self._reset_node_chain(node, np.asarray(cluster))
-            self._flagged, self._flags = [], {}
+            self._flagged, self._flags, self._reporting = [], {}, set()
         avail = self.fleet.data.available(nodes, self.start)
         self.estimate[nodes] += self._node_counts(nodes, self.reported[nodes], avail)
         self.reported[nodes] = np.maximum(self.reported[nodes], avail)

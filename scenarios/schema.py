@@ -146,13 +146,34 @@ class SyntheticMultilabelData(DataConfig):
 
 
 @dataclass
+class YeastData(DataConfig):
+    """Yeast from river (2,417 rows, 103 features, 14 labels) in stream order: the last rows test."""
+    test_fraction: float = 0.2
+    stream_rate: Any = 1.0        # a stream by nature: rows per simulated second per node
+
+
+@dataclass
+class LabelBlocksData(DataConfig):
+    """A multi-label stream with planted label blocks (ground truth) and an optional swap."""
+    n_samples: int = 20000
+    n_features: int = 32
+    n_labels: int = 50
+    block_size: int = 5
+    blocks_per_sample: int = 2
+    noise: float = 0.02
+    swap_at: Optional[float] = None   # fraction of the stream after which the blocks regroup
+    test_fraction: float = 0.2
+    stream_rate: Any = 1.0
+
+
+@dataclass
 class NpzData(DataConfig):
     """A user file with arrays X_train, y_train, X_test, y_test."""
     path: str = MISSING
 
 
 DATA = {"digits": DigitsData, "synthetic": SyntheticData, "synthetic_multilabel": SyntheticMultilabelData,
-        "npz": NpzData}
+        "yeast": YeastData, "label_blocks": LabelBlocksData, "npz": NpzData}
 assert tuple(DATA) == DATASETS, "every dataset needs its config dataclass"
 
 

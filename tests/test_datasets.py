@@ -138,14 +138,14 @@ def test_npz_inconsistent_arrays(tmp_path, arrays, message):
 
 
 def test_load_dataset_dispatch():
-    assert DATASETS == ("digits", "synthetic", "synthetic_multilabel", "npz")
+    assert DATASETS == ("digits", "synthetic", "synthetic_multilabel", "yeast", "label_blocks", "npz")
     d = load_dataset("synthetic", seed=4, n_samples=200, n_features=8, n_classes=2)
     np.testing.assert_array_equal(d.X_train, load_synthetic(n_samples=200, n_features=8, n_classes=2, seed=4).X_train)
     assert load_dataset("digits", test_fraction=0.5).X_test.shape == (899, 64)
 
 
 def test_load_dataset_unknown_name():
-    with pytest.raises(DataError, match="unknown dataset 'mnist'; choose one of digits, synthetic, synthetic_multilabel, npz"):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; choose one of digits, synthetic, synthetic_multilabel, yeast, label_blocks, npz"):
         load_dataset("mnist")
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clients.partition import PARTITIONERS, PartitionError, label_skew, node_sizes, partition
+from clients.partition import PARTITIONERS, PartitionError, label_skew, node_sizes, partition, rarest_label
 
 
 def labels(n=2000, n_classes=10, seed=0):
@@ -119,11 +119,20 @@ def test_many_small_nodes():
     assert node_sizes(owner, 10_000).sum() == len(y)
 
 
-def test_multilabel_matrices_split_by_iid_and_quantity_only():
-    Y = (np.random.default_rng(0).random((200, 6)) < 0.3).astype(np.uint8)
-    for scheme in ("iid", "quantity"):
-        owner = partition(Y, 7, scheme, np.random.default_rng(1))
-        assert owner.shape == (200,) and set(owner.tolist()) == set(range(7))
-    for scheme in ("dirichlet", "shards"):
-        with pytest.raises(PartitionError, match=f"partition={scheme} splits by class.*multi-label"):
-            partition(Y, 7, scheme, np.random.default_rng(1))
+def test_multilabel_matrices_split_by_every_scheme():
+    Y = (np.random.default_rng(0).random((400, 6)) < 0.3).astype(np.uint8)
+    for scheme in ("iid", "quantity", "dirichlet", "shards"):
+        owner = partition(Y, 7, scheme, np.random.default_rng(1), alpha=0.3)
+        assert owner.shape == (400,) and set(owner.tolist()) == set(range(7))
+    # dirichlet and shards split by each row's rarest positive label: skewed, unlike iid
+    key = rarest_label(Y)
+    assert key.max() <= 6 and (key[Y.sum(1) == 0] == 6).all()
+    skew = {s: label_skew(partition(Y, 7, s, np.random.default_rng(1), alpha=0.3), key, 7, 7)
+            for s in ("iid", "dirichlet")}
+    assert skew["dirichlet"] > 2 * skew["iid"]
+
+
+def test_rarest_label_by_hand():
+    Y = np.array([[1, 1, 0], [1, 0, 1], [1, 0, 0], [0, 0, 0], [1, 1, 1]])
+    # frequencies 4, 2, 2: label 1 and 2 tie as rarest, the lower index wins
+    assert rarest_label(Y).tolist() == [1, 2, 0, 3, 1]
