@@ -12,6 +12,8 @@ model and optimizer momentum.
     train.gossip    a relay round: merge the "from-<v>" models into the own model with the
                     protocol's merge rule, train (unless config "merge-only"), reply "arrays"
     evaluate        the task's metrics of "arrays" on the held-out test set (as the simulator)
+    train.ihomer    a federated iHOMER round (see bridge.ihomer): train on the rows that had
+                    arrived at the given simulated time, reply the row and the count delta
     query.m2n2_score, query.m2n2_insert, query.m2n2_settle
                     federated M2N2 (see bridge.archive): score the round's children on the
                     node's own selection rows, keep the scores in `context.state`, reply partial
@@ -26,7 +28,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from bridge import archive
+from bridge import archive, ihomer
 from bridge.scenario import Scenario, load, settings
 from bridge.wire import from_record, record_keys, to_record
 from scenarios import ConfigError
@@ -87,6 +89,11 @@ def client_app(fixed: Mapping[str, Any] | None = None) -> ClientApp:
         context.state["momentum"] = to_record(mom, sc.layout)
         context.state["node"] = ConfigRecord({"steps": steps})
         return _reply(msg, row, sc, {"num-examples": sc.n_samples(pid), **metrics})
+
+    @app.train("ihomer")
+    def ihomer_round(msg: Message, context: Context) -> Message:
+        sc, pid = node(context)
+        return ihomer.node_train(sc, pid, msg, context)
 
     @app.query("m2n2_score")
     def m2n2_score(msg: Message, context: Context) -> Message:

@@ -2,8 +2,9 @@
 
 `fedavg` runs under Flower's own FedAvg strategy (`ScenarioFedAvg`: every reply checked on its
 own, the survivors averaged with the simulator's rule); `m2n2` in its federated mode keeps its
-archive here and asks the nodes for partial sums (`archive`); every protocol that declares a
-per-node merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay.
+archive here and asks the nodes for partial sums (`archive`); federated `ihomer` keeps its
+label partitioner here and gets count deltas and trained rows from the nodes (`ihomer`); every
+protocol that declares a per-node merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay.
 Decentralized M2N2 and central M2N2 are refused (`check_bridged`). The server evaluates the
 models it holds on the held-out test set each round and, when `out-dir` is set, writes
 `models.npz` (the final models, one row per vertex, or the global model; for m2n2 also the
@@ -26,11 +27,13 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from bridge import ihomer
 from bridge.archive import ArchiveServer
 from bridge.relay import Relay
 from bridge.scenario import Scenario, load, settings
 from bridge.wire import BadReply, from_record, read_reply, to_record
 from protocols import fedavg, m2n2
+from protocols.ihomer import IHomer
 from scenarios import ConfigError
 
 log = logging.getLogger("flwr.murmuration")
@@ -97,8 +100,8 @@ class ScenarioFedAvg(FedAvg):
 def bridge_problem(sc: Scenario) -> str | None:
     """Why the bridge does not run this scenario as the simulator does, in one line (None: it does)."""
     proto = sc.protocol
-    if proto.cfg.name == "ihomer":
-        return "protocol=ihomer has no Flower bridge yet: its label counts and partitions are simulated only"
+    if isinstance(proto, IHomer):
+        return ihomer.problem(sc)
     if isinstance(proto, fedavg.FedAvg) or isinstance(proto, m2n2.Federated):
         return None
     if isinstance(proto, m2n2.Central):
@@ -145,6 +148,11 @@ def serve(grid: Grid, s: Mapping[str, Any]) -> BridgeResult:
     timeout = float(s["round-timeout"])
     if isinstance(sc.protocol, m2n2.Federated):
         return _m2n2(grid, sc, node_ids, timeout)
+    if isinstance(sc.protocol, IHomer):
+        server = ihomer.IHomerServer(grid, sc, timeout)
+        server.discover(node_ids)
+        metrics = server.run(cfg.rounds)
+        return BridgeResult("ihomer", server.proto.global_model.view(1, -1).clone(), [], metrics)
     if not isinstance(sc.protocol, fedavg.FedAvg):
         relay = Relay(grid, sc, timeout)
         relay.discover(node_ids)
