@@ -42,12 +42,15 @@ from protocols.registry import ProtocolError
 
 PARTITIONS = ("odac", "singletons", "one", "random")
 MODES = ("federated", "local", "decentralized")
+LEARNERS = ("chain", "stacked")
 
 
 @dataclass
 class IHomerConfig(FedAvgConfig):
     mode: str = "federated"       # federated | local (models never leave their node) | decentralized (gossip)
     partition: str = "odac"       # odac | singletons (binary relevance) | one (a full chain) | random
+    learner: str = "stacked"      # stacked: each label also sees its cluster's predicted probabilities |
+    #                               chain: a classifier chain per cluster (true labels in training, greedy at prediction)
     period: float = 10.0          # simulated seconds from one round's start to the next (0: at once)
     n_min: int = 200              # pooled instances between two ODAC checks
     delta: float = 0.05           # the Hoeffding bound's delta
@@ -63,7 +66,7 @@ class IHomerConfig(FedAvgConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for key, choices in (("mode", MODES), ("partition", PARTITIONS)):
+        for key, choices in (("mode", MODES), ("partition", PARTITIONS), ("learner", LEARNERS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"protocol.{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
         if not 0 <= self.period < math.inf:
@@ -103,7 +106,7 @@ class IHomer(FedAvg):
         if data.task != "multilabel":
             raise ProtocolError(f"protocol=ihomer partitions a label space: it needs multi-label data "
                                 f"(data=yeast, label_blocks or synthetic_multilabel), got data={data.name}")
-        return ChainModel(data.n_features, data.n_classes)
+        return ChainModel(data.n_features, data.n_classes, stacked=cfg.learner == "stacked")
 
     # state
     def init_state(self):

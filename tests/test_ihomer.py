@@ -156,6 +156,28 @@ def test_chain_model_equals_the_plain_computation():
     assert chain_masks(part)[1].tolist() == [0, 0, 1, 0, 1, 2]
 
 
+def test_stacked_heads_equal_the_plain_computation():
+    """Each label sees the probabilities of its cluster's other heads, held constant."""
+    torch.manual_seed(1)
+    F, L = 4, 5
+    part = np.array([0, 0, 1, 0, 1])
+    m = ChainModel(F, L, stacked=True)
+    m.set_partition(part)
+    params = torch.randn(2, m.layout.size)
+    x, y = torch.randn(2, 6, F), (torch.rand(2, 6, L) < 0.5).float()
+    grads, _ = m.grad(params, x, y)
+    same = torch.as_tensor((part[:, None] == part[None, :]) & ~np.eye(L, dtype=bool), dtype=torch.float64)
+    for i in range(2):
+        p = params[i].double().clone().requires_grad_(True)
+        v = m.layout.unflatten(p)
+        base = x[i].double() @ v["heads.weight"].T + v["heads.bias"]
+        z = base + base.detach().sigmoid() @ (v["chain"] * same).T
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y[i].double())
+        (g,) = torch.autograd.grad(loss, p)
+        torch.testing.assert_close(grads[i].double(), g, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(m.logits(params[i:i + 1], x[i]).double()[0], z.detach(), atol=1e-5, rtol=1e-4)
+
+
 def test_metrics_equal_scikit_learn():
     rng = np.random.default_rng(1)
     y = (rng.random((40, 5)) < 0.4).astype(np.float32)
