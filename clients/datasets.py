@@ -1,5 +1,5 @@
-"""Datasets for simulated clients: bundled digits, generated tabular or multi-label data, or a
-user npz file.
+"""Datasets for simulated clients: bundled digits, generated tabular or multi-label data, Yeast
+from river's bundled copy, a multi-label stream with planted label blocks, or a user npz file.
 
 Every loader returns a `Dataset` with flattened float32 features and labels that name the task:
 int64 class ids [M] (multiclass) or a 0/1 matrix [M, L] (multilabel), so the rest of the
@@ -317,6 +317,20 @@ def load_synthetic_multilabel(
 _YEAST_ROWS, _YEAST_FEATURES, _YEAST_LABELS = 2417, 103, 14
 
 
+def _river_file(name: str) -> str:
+    """The path of a data file river bundles, found without importing river (which takes
+    seconds); DataError when river is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("river")
+    except (ImportError, ValueError):  # a broken install
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"data=yeast reads river's bundled {name} and river is not installed; pip install river")
+    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", name)
+
+
 def load_yeast(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Yeast (Elisseeff and Weston 2001) as river bundles it: 2,417 genes, 103 features (each row
     scaled to unit norm, used as stored), 14 functional classes as labels (cardinality 4.24).
@@ -332,20 +346,21 @@ def load_yeast(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     if not 1 <= n_test < _YEAST_ROWS:
         raise DataError(f"data.test_fraction={test_fraction} leaves an empty side of Yeast's 2,417 rows; "
                         "use a value between 0.0005 and 0.9995")
-    import importlib.util
-
-    spec = importlib.util.find_spec("river")  # the file's place, without importing all of river
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("data=yeast needs river's bundled copy of Yeast: pip install river")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "yeast.csv.gz")
+    path = _river_file("yeast.csv.gz")
+    columns = [f"Att{i}" for i in range(1, _YEAST_FEATURES + 1)] + [f"Class{i}" for i in range(1, _YEAST_LABELS + 1)]
     try:
         with gzip.open(path, "rt") as f:
             header = f.readline().strip().split(",")
             table = np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"river's Yeast file could not be read ({_reason(exc)}); reinstall river") from None
-    if table.shape != (_YEAST_ROWS, _YEAST_FEATURES + _YEAST_LABELS) or header[-1] != "Class14":
-        raise DataError(f"river's Yeast file holds {table.shape} values, not 2,417 x 117; reinstall river")
+    except FileNotFoundError:
+        raise DataError(f"river's Yeast file {_show(path)} is missing; pip install river (>= 0.26)") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"river's Yeast file {_show(path)} could not be read ({_reason(exc)}); "
+                        "pip install --force-reinstall river") from None
+    if header != columns or table.shape != (_YEAST_ROWS, len(columns)) \
+            or not np.isin(table[:, _YEAST_FEATURES:], (0, 1)).all():
+        raise DataError(f"river's Yeast file {_show(path)} is not 2,417 rows of Att1..Att103 and 0/1 "
+                        "Class1..Class14; pip install --force-reinstall river")
     X = np.ascontiguousarray(table[:, :_YEAST_FEATURES])
     Y = table[:, _YEAST_FEATURES:].astype(np.uint8)
     cut = _YEAST_ROWS - n_test
@@ -354,7 +369,12 @@ def load_yeast(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 def planted_blocks(n_labels: int, block_size: int, seed: int, swap: bool = False) -> np.ndarray:
     """The planted label partition of `load_label_blocks` with the same arguments: the block of
-    each label [n_labels] (int64), before the structure swap, or after it when `swap`."""
+    each label [n_labels] (int64, ids 0..ceil(n_labels / block_size) - 1, the last block smaller
+    when block_size does not divide n_labels), before the structure swap, or after it when `swap`."""
+    _check_int(n_labels, "n_labels", 2)
+    _check_int(block_size, "block_size", 1)
+    if block_size > n_labels:
+        raise DataError(f"data.block_size must be at most data.n_labels={n_labels}, got {block_size}")
     perm = np.random.default_rng([seed, 1 if swap else 0, 7]).permutation(n_labels)
     block = np.empty(n_labels, dtype=np.int64)
     block[perm] = np.arange(n_labels) // block_size
@@ -371,8 +391,8 @@ def load_label_blocks(n_samples: int = 20000, n_features: int = 32, n_labels: in
     Gaussian [n_labels, n_features] / sqrt(block_size) and e standard normal, so a linear model
     can learn the labels. With `swap_at` (a fraction of the stream) the blocks are re-drawn from
     that row on (concept drift; `planted_blocks(..., swap=True)`). The training rows are the
-    stream in order; the test split is round(test_fraction * n_samples) extra rows of the final
-    concept."""
+    stream in order; the test split is round(test_fraction * n_samples) (at least one) extra rows
+    of the final concept, so held-out metrics score the current concept."""
     _check_int(n_labels, "n_labels", 2)
     _check_int(n_features, "n_features", 1)
     _check_int(n_samples, "n_samples", 1)
@@ -396,19 +416,25 @@ def load_label_blocks(n_samples: int = 20000, n_features: int = 32, n_labels: in
     _check_memory(total * (n_features * 4 * 3 + n_labels * 8 * 3), f"data.n_samples={n_samples} x data.n_labels="
                   f"{n_labels}", "lower data.n_samples, data.n_labels or data.n_features")
     rng = np.random.default_rng([seed, 11])
-    A = (rng.standard_normal((n_labels, n_features)) / math.sqrt(block_size)).astype(np.float32)
-    # which blocks each row turns on: the first blocks_per_sample of a random order
-    active = np.argsort(rng.random((total, n_blocks)), axis=1)[:, :blocks_per_sample]
-    on = np.zeros((total, n_blocks), dtype=bool)
-    np.put_along_axis(on, active, True, axis=1)
-    cut = n_samples if swap_at is None else int(round(swap_at * n_samples))
-    Y = np.empty((total, n_labels), dtype=np.uint8)
-    for swapped, rows in ((False, slice(0, cut)), (True, slice(cut, total))):
-        block = planted_blocks(n_labels, block_size, seed, swap=swapped and swap_at is not None)
-        Y[rows] = on[rows][:, block]
-    X = Y.astype(np.float32) @ A
-    X += 0.5 * rng.standard_normal(X.shape, dtype=np.float32)
-    Y ^= (rng.random(Y.shape) < noise).astype(np.uint8)
+    cut = n_samples if swap_at is None else int(round(swap_at * n_samples))  # the first row of the new concept
+    try:
+        A = (rng.standard_normal((n_labels, n_features)) / math.sqrt(block_size)).astype(np.float32)
+        # which blocks each row turns on: the first blocks_per_sample of a random order
+        active = np.argsort(rng.random((total, n_blocks)), axis=1)[:, :blocks_per_sample]
+        on = np.zeros((total, n_blocks), dtype=bool)
+        np.put_along_axis(on, active, True, axis=1)
+        del active
+        Y = np.empty((total, n_labels), dtype=np.uint8)
+        for swapped, rows in ((False, slice(0, cut)), (True, slice(cut, total))):
+            block = planted_blocks(n_labels, block_size, seed, swap=swapped and swap_at is not None)
+            Y[rows] = on[rows][:, block]
+        del on
+        X = Y.astype(np.float32) @ A
+        X += 0.5 * rng.standard_normal(X.shape, dtype=np.float32)
+        Y ^= (rng.random(Y.shape) < noise).astype(np.uint8)
+    except MemoryError:
+        raise DataError(f"out of memory generating data.n_samples={n_samples} x data.n_labels={n_labels}; "
+                        "lower data.n_samples, data.n_labels or data.n_features") from None
     return Dataset("label_blocks", X[:n_samples], Y[:n_samples], X[n_samples:], Y[n_samples:], n_classes=n_labels,
                    image_shape=None)
 

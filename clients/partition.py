@@ -37,8 +37,9 @@ def partition(
       quantity   node sizes follow power-law weights pareto(exponent) + 1 (smaller exponent,
                  heavier tail), at least one sample each; labels stay IID.
 
-    Multi-label data (y a 2-D 0/1 label matrix): dirichlet and shards split by each row's
-    rarest positive label (`rarest_label`), so a node holds the rows of a few rare labels.
+    Multi-label data (y a 2-D 0/1 label matrix [M, L]): iid and quantity ignore labels;
+    dirichlet and shards treat each row's rarest positive label as its class (`rarest_label`;
+    rows with no label form class L), so a node holds the rows of a few rare labels.
     Raises PartitionError if any node would end up with no data rather than patching it.
     """
     y = np.asarray(y)
@@ -46,7 +47,7 @@ def partition(
     if y.ndim == 2 and scheme in ("dirichlet", "shards"):
         y = rarest_label(y)
     if y.ndim not in (1, 2) or (y.ndim == 1 and not np.issubdtype(y.dtype, np.integer)):
-        raise PartitionError(f"labels must be a 1-D integer array (or a 2-D label matrix), got shape {y.shape} "
+        raise PartitionError(f"labels must be 1-D integer class ids or a 2-D 0/1 label matrix, got shape {y.shape} "
                              f"dtype {y.dtype}")
     if y.ndim == 1 and n_samples and y.min() < 0:
         raise PartitionError(f"labels must be >= 0, got {y.min()}; map classes to 0..K-1")
@@ -87,8 +88,12 @@ def partition(
 
 def rarest_label(Y: np.ndarray) -> np.ndarray:
     """One class key per row of a 0/1 label matrix [M, L]: its positive label with the fewest
-    positives overall (ties: the lowest index), or L for a row with no label."""
+    positives in Y (ties: the lowest index), or L for a row with no label. Keying by the rarest
+    label keeps the rows of a rare label together, where the most frequent one would swallow
+    them; int64 [M] in 0..L."""
     Y = np.asarray(Y) > 0
+    if Y.shape[1] == 0:
+        return np.zeros(len(Y), dtype=np.int64)
     freq = Y.sum(0)
     rank = np.argsort(np.argsort(freq, kind="stable"), kind="stable")  # 0: the rarest label
     score = np.where(Y, rank[None, :], len(freq))

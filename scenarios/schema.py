@@ -82,9 +82,10 @@ class TopologyConfig:
 
 @dataclass
 class DataConfig:
-    """What every dataset takes; each dataset's own options are the fields of its subclass."""
+    """What every dataset takes; each dataset's own options are the fields of its subclass (which
+    may change a default here: the streams yeast and label_blocks arrive at 1 row/s per node)."""
     name: str = "digits"
-    partition: str = "iid"        # iid | dirichlet | shards | quantity
+    partition: str = "iid"        # iid | dirichlet | shards | quantity (multi-label: by each row's rarest label)
     alpha: float = 0.5            # dirichlet concentration (smaller = more label skew)
     classes_per_node: int = 2     # shards
     exponent: float = 1.5         # quantity: power-law exponent of node sizes
@@ -147,21 +148,23 @@ class SyntheticMultilabelData(DataConfig):
 
 @dataclass
 class YeastData(DataConfig):
-    """Yeast from river (2,417 rows, 103 features, 14 labels) in stream order: the last rows test."""
+    """Yeast from river (2,417 rows, 103 features, 14 labels) in river's (stream) order: the last
+    round(test_fraction * 2417) rows test, so the seed shuffles nothing."""
     test_fraction: float = 0.2
     stream_rate: Any = 1.0        # a stream by nature: rows per simulated second per node
 
 
 @dataclass
 class LabelBlocksData(DataConfig):
-    """A multi-label stream with planted label blocks (ground truth) and an optional swap."""
-    n_samples: int = 20000
+    """A multi-label stream with planted label blocks (the ground truth: datasets.planted_blocks)
+    and an optional regrouping mid-stream; the test rows are extra rows of the final concept."""
+    n_samples: int = 20000            # training rows (the stream)
     n_features: int = 32
     n_labels: int = 50
-    block_size: int = 5
-    blocks_per_sample: int = 2
-    noise: float = 0.02
-    swap_at: Optional[float] = None   # fraction of the stream after which the blocks regroup
+    block_size: int = 5               # labels per block (the last block may be smaller)
+    blocks_per_sample: int = 2        # blocks switched on in each row
+    noise: float = 0.02               # chance of flipping each label bit, in [0, 0.5)
+    swap_at: Optional[float] = None   # fraction of the stream after which the blocks regroup (null: never)
     test_fraction: float = 0.2
     stream_rate: Any = 1.0
 
