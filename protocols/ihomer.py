@@ -188,6 +188,11 @@ class IHomer(FedAvg):
         super()._upload(t, nodes, payload)
 
     @property
+    def model_bytes(self) -> int:
+        """A model on the wire; mode=local moves none (only count deltas travel)."""
+        return 0 if self.cfg.mode == "local" else super().model_bytes
+
+    @property
     def counts_bytes(self) -> int:
         L = self.n_labels
         return 8 * (2 * L + 2 + L * (L - 1) // 2)
