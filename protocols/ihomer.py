@@ -265,7 +265,7 @@ class IHomer(FedAvg):
                     continue
                 det = self._adwin.get((node, key))
                 if det is None:
-                    det = self._adwin[(node, key)] = ADWIN(delta=self.cfg.adwin_delta)
+                    det = self._adwin[(node, key)] = ADWIN(delta=self.cfg.adwin_delta, clock=1)  # one value a round: test each
                 det.update(value)
                 if det.drift_detected:
                     self.local_drifts += 1
