@@ -7,20 +7,20 @@ per pair and the labelset-cardinality histogram (never a label vector). The coor
 
   1. sums the count deltas and runs ONE ODAC over labels (kernels.odac) on the pooled counts,
      so its partition is exactly the one a single stream of the same rows would give;
-  2. aggregates the sub-models with sample-weighted FedAvg. The sub-models are classifier
-     chains per cluster (kernels.chains) packed in one row per node, so with one published
-     partition and the same sample weight for every cluster of a node, per-cluster FedAvg is
-     the row-wise FedAvg;
+  2. aggregates the sub-models with sample-weighted FedAvg. The sub-models (kernels.chains:
+     per-label heads coupled within each cluster, by stacked probabilities or as a classifier
+     chain, `learner`) are packed in one row per node, so with one published partition and the
+     same sample weight for every cluster of a node, per-cluster FedAvg is the row-wise FedAvg;
   3. on a new partition (a new version), keeps the clusters that did not change and starts the
-     new ones from the per-label heads with empty chains that train `warmup` rounds before
-     their chain terms count in predictions;
+     new ones from the per-label heads with zero coupling weights that train `warmup` rounds
+     before they count in predictions;
   4. local drift: each node runs river's ADWIN on the loss of each of its clusters (prequential
      rows); when at least `drift_quorum` of the round's nodes flag a cluster, its chain starts
      over (warm-up again). Partition changes are the global drift; both are counted.
 
 Options that make the baselines of the same sweep: `partition=singletons` (binary relevance),
-`one` (one cluster: a full chain), `random` (ODAC's cluster sizes, labels drawn at random),
-`mode=local` (no model leaves its node; only counts are pooled). Centralized is `nodes=1`.
+`one` (one cluster: every label coupled with every other), `random` (ODAC's cluster sizes, labels drawn at random),
+`mode=local` (no model leaves its node; only counts are pooled). Centralized is `nodes=1`. `mode=decentralized` (the `Decentralized` class) runs it by gossip.
 """
 from __future__ import annotations
 
