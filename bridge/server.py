@@ -1,7 +1,7 @@
 """The bridge's ServerApp: the scenario's protocol on the SuperNodes of this SuperLink.
 
 `fedavg` runs under Flower's own FedAvg strategy (`ScenarioFedAvg`: every reply checked on its
-own, the survivors averaged with the simulator's rule); `m2n2` in its federated mode keeps its
+own, the survivors aggregated with the simulator's rule, `protocol.aggregator`); `m2n2` in its federated mode keeps its
 archive here and asks the nodes for partial sums (`archive`); federated `ihomer` keeps its
 label partitioner here and gets count deltas and trained rows from the nodes (`ihomer`); every
 protocol that declares a per-node merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay.
@@ -72,6 +72,7 @@ class ScenarioFedAvg(FedAvg):
         self.sent = 0
 
     def configure_train(self, server_round, arrays, config, grid):
+        self.current = from_record(arrays, self.sc.layout)  # centered clipping starts from it
         msgs = list(super().configure_train(server_round, arrays, config, grid))
         self.sent = len(msgs)
         return msgs
@@ -93,13 +94,16 @@ class ScenarioFedAvg(FedAvg):
         if not rows:
             log.warning("round %d: no usable reply; the global model stays", server_round)
             return None, metrics
-        model = fedavg.aggregate(torch.stack(rows).double(), torch.tensor(weights, dtype=torch.float64))
+        model = fedavg.robust_aggregate(self.sc.cfg.protocol, torch.stack(rows),
+                                        torch.tensor(weights, dtype=torch.float64), self.current)
         return to_record(model.float(), self.sc.layout), metrics
 
 
 def bridge_problem(sc: Scenario) -> str | None:
     """Why the bridge does not run this scenario as the simulator does, in one line (None: it does)."""
     proto = sc.protocol
+    if sc.world.attack is not None:
+        return "attack (Byzantine clients) is simulated only; on a real fleet the attackers are the devices"
     if isinstance(proto, IHomer):
         return ihomer.problem(sc)
     if isinstance(proto, fedavg.FedAvg) or isinstance(proto, m2n2.Federated):

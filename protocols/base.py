@@ -80,6 +80,11 @@ class Protocol:
         return None
 
     @classmethod
+    def supports_attack(cls, cfg) -> bool:
+        """Does this protocol model Byzantine clients (the scenario's `attack`)?"""
+        return False
+
+    @classmethod
     def independent_init(cls, cfg) -> bool:
         """Does every node start from its own random model (else one shared model)?"""
         return False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kernels import weighted_mean
+from kernels import robust, weighted_mean
 from kernels.random import derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
 
@@ -22,12 +22,46 @@ def aggregate(rows: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
 class FedAvgConfig(ProtocolConfig):
     fraction: float = 1.0          # share of clients sampled each round
     deadline: float | None = None  # seconds after round start; later uploads are dropped
+    aggregator: str = "mean"       # mean (sample-weighted) | median | trimmed_mean | krum | multi_krum | centered_clip
+    trim: float = 0.1              # trimmed_mean: share dropped at each end
+    byzantine: float = 0.2         # krum, multi_krum: the share of a round's uploads assumed Byzantine (f)
+    clip_tau: float = 1.0          # centered_clip: the clipping radius
+    clip_iters: int = 1            # centered_clip: iterations from the last global model
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
             raise ValueError(f"protocol.fraction must be in (0, 1], got {self.fraction}")
         if self.deadline is not None and not 0 < self.deadline < math.inf:
             raise ValueError(f"protocol.deadline must be a finite number > 0 or null, got {self.deadline}")
+        if self.aggregator not in robust.RULES:
+            raise ValueError(f"protocol.aggregator must be one of {', '.join(robust.RULES)}, got {self.aggregator!r}")
+        if not 0 <= self.trim < 0.5:
+            raise ValueError(f"protocol.trim must be in [0, 0.5), got {self.trim}")
+        if not 0 <= self.byzantine < 0.5:
+            raise ValueError(f"protocol.byzantine must be in [0, 0.5), got {self.byzantine}")
+        if not 0 < self.clip_tau < math.inf:
+            raise ValueError(f"protocol.clip_tau must be a finite number > 0, got {self.clip_tau}")
+        if not 1 <= self.clip_iters <= 1000:
+            raise ValueError(f"protocol.clip_iters must be an integer from 1 to 1000, got {self.clip_iters}")
+
+
+def robust_aggregate(cfg: FedAvgConfig, rows: torch.Tensor, num_examples: torch.Tensor,
+                     global_model: torch.Tensor) -> torch.Tensor:
+    """The round's new global model by `cfg.aggregator` from the uploads [k, P] (sorted by node,
+    so that both engines see the same order): FedAvg's weighted mean or a robust rule."""
+    rule, k = cfg.aggregator, rows.shape[0]
+    if rule == "mean":
+        return aggregate(rows.double(), num_examples).to(rows.dtype)
+    if rule == "median":
+        return robust.median(rows)
+    if rule == "trimmed_mean":
+        return robust.trimmed_mean(rows, cfg.trim) if k - 2 * int(cfg.trim * k) >= 1 else robust.median(rows)
+    if rule in ("krum", "multi_krum"):
+        f = min(int(cfg.byzantine * k), max(k - 3, 0))
+        if k < 3:  # Krum needs k - f - 2 >= 1
+            return robust.median(rows)
+        return robust.krum(rows, f, 1 if rule == "krum" else k - f)
+    return robust.centered_clip(rows, global_model, cfg.clip_tau, cfg.clip_iters)
 
 
 class FedAvg(Protocol):
@@ -71,6 +105,7 @@ class FedAvg(Protocol):
         self.expected = len(self.selected)
         self.received = 0
         self.sum = torch.zeros_like(self.global_model, dtype=torch.float64)
+        self.kept: list = []  # (nodes, rows, weights) of each upload wave, when the rule needs them
         self.weight = 0.0
         self.open = True
         self.bytes_sent += k * self.model_bytes
@@ -102,7 +137,11 @@ class FedAvg(Protocol):
             return
         # weighted by the rows each client trained on
         w = torch.as_tensor(self.fleet.data.available(nodes, start), dtype=torch.float64, device=self.fleet.device)
-        self.sum += w @ self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)].double()
+        rows = self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)]
+        if self._keeps_rows:  # a robust rule or an attack needs every upload of the round
+            self.kept.append((nodes, rows.clone(), w))
+        else:
+            self.sum += w @ rows.double()
         self.weight += float(w.sum())
         self.received += len(nodes)
         if self.received == self.expected:
@@ -113,9 +152,37 @@ class FedAvg(Protocol):
             self.dropped += self.expected - self.received
             self._close(t)
 
+    @classmethod
+    def supports_attack(cls, cfg) -> bool:
+        return True
+
+    @property
+    def _keeps_rows(self) -> bool:
+        return self.cfg.aggregator != "mean" or self.world.attack is not None
+
+    def aggregated(self) -> torch.Tensor | None:
+        """The round's new global model from what arrived (None: nothing did). Attackers'
+        uploads are rewritten first (clients.attacks), then `protocol.aggregator` applies."""
+        if self.weight <= 0:  # nobody made the deadline: keep the old model
+            return None
+        if not self._keeps_rows:
+            return (self.sum / self.weight).to(self.global_model.dtype)
+        nodes = np.concatenate([k[0] for k in self.kept])
+        order = np.argsort(nodes, kind="stable")
+        rows = torch.cat([k[1] for k in self.kept])[torch.as_tensor(order, device=self.fleet.device)]
+        w = torch.cat([k[2] for k in self.kept])[torch.as_tensor(order, device=self.fleet.device)]
+        nodes = nodes[order]
+        attack = self.world.attack
+        if attack is not None:
+            bad = torch.as_tensor(self.world.byzantine[nodes], device=rows.device)
+            rows = attack.apply(rows, bad, self.global_model, derive_seed(self.world.seed, "attack"),
+                                torch.as_tensor(nodes, device=rows.device), self.round)
+        return robust_aggregate(self.cfg, rows, w, self.global_model).to(self.global_model.dtype)
+
     def _close(self, t):
         self.open = False
-        if self.weight > 0:  # nobody made the deadline: keep the old model
-            self.global_model = (self.sum / self.weight).to(self.global_model.dtype)
+        model = self.aggregated()
+        if model is not None:
+            self.global_model = model
         self.on_round(self.round, t)
         self.engine.schedule("round_start", t, -1)

@@ -102,6 +102,10 @@ class IHomer(FedAvg):
         return cfg.mode == "decentralized"
 
     @classmethod
+    def supports_attack(cls, cfg) -> bool:
+        return False
+
+    @classmethod
     def template(cls, cfg, data):
         if data.task != "multilabel":
             raise ProtocolError(f"protocol=ihomer partitions a label space: it needs multi-label data "
@@ -209,8 +213,9 @@ class IHomer(FedAvg):
 
     def _close(self, t):
         self.open = False
-        if self.cfg.mode == "federated" and self.weight > 0:
-            self.global_model = (self.sum / self.weight).to(self.global_model.dtype)
+        model = self.aggregated() if self.cfg.mode == "federated" else None
+        if model is not None:
+            self.global_model = model
         self._close_round()
         self.on_round(self.round, t)
         self.engine.schedule("round_start", max(t, self.round * self.cfg.period), -1)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 import protocols
+from clients.attacks import Attack
 from clients.datasets import DATASETS
 from clients.nodes import TrainConfig
 from clients.partition import PARTITIONERS
@@ -242,6 +243,7 @@ class RunConfig:
     device: str = "cpu"        # cpu | cuda (cuda:K)
     speed: Any = 1000.0        # samples/s per node: a number (.inf: no time) or a distribution
     label: str = ""            # a name for the run (an experiment's arm); shown in outputs
+    attack: Any = None         # Byzantine clients: {kind, fraction | nodes, scale, std} (clients.attacks)
     train: TrainConfig = field(default_factory=TrainConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -254,6 +256,7 @@ class RunConfig:
                 raise ValueError(f"{key} must be an integer from {low} to {high}, got {getattr(self, key)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda")
+        Attack.from_spec(self.attack)
         if not _distribution(self.speed, "speed").always_positive:
             raise ValueError("speed must be > 0 samples/s for every node (check speed.value or speed.low)")
 

@@ -11,6 +11,7 @@ Every random choice is drawn from its own named stream of the run's seed (kernel
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 import protocols
+from clients.attacks import Attack
 from clients.datasets import Dataset, available_memory_bytes, load_dataset
 from clients.fleet import Fleet
 from clients.nodes import NodeData
@@ -53,6 +55,8 @@ class World:
     model: BatchedModel           # the template, its row layout and the task
     protocol_class: type
     given_weights: bool = False   # a module passed to assemble(): every node starts from its weights
+    attack: Attack | None = None  # Byzantine clients (clients.attacks)
+    byzantine: np.ndarray | None = None  # bool [N]: which nodes attack
 
     @property
     def n(self) -> int:
@@ -202,6 +206,20 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
     val_owner = None
     if d.validation > 0:
         owner, val_owner = _validation_split(owner, cfg.nodes, d.validation, rng(cfg.seed, "validation"))
+    attack = Attack.from_spec(cfg.attack)
+    byzantine = None
+    if attack is not None:
+        try:
+            byzantine = attack.attackers(cfg.nodes, rng(cfg.seed, "byzantine"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if not proto.supports_attack(cfg.protocol):
+            raise ConfigError(f"attack: protocol={cfg.protocol.name} has no Byzantine clients yet; use protocol=fedavg")
+        if attack.poisons_data:  # the attackers train on flipped labels
+            y = data.y_train.copy()
+            mine = byzantine[np.maximum(owner, 0)] & (owner >= 0)
+            y[mine] = attack.flip_labels(y[mine], data.n_classes)
+            data = dataclasses.replace(data, y_train=y)
     speeds = compute_speeds(Distribution.from_spec(cfg.speed), cfg.nodes, rng(cfg.seed, "speed"))
     stream_rates = None
     if d.stream_rate is not None:
@@ -243,7 +261,7 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
             raise ConfigError(f"model: {err}") from None
     probe(batched, data, cfg.device)
     return World(cfg, data, owner, val_owner, graph, name, server_latency, server_bandwidth, speeds,
-                 stream_rates, batched, proto, given_weights=model is not None)
+                 stream_rates, batched, proto, given_weights=model is not None, attack=attack, byzantine=byzantine)
 
 
 STACK_COPIES = 3  # [N, P] float32 stacks any run holds at least (models, gradients, a merge buffer)

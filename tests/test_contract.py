@@ -30,7 +30,10 @@ EXTRA = {"m2n2": ["protocol.fraction=0.5", "data.validation=0.3"],
          "ihomer:local": ["data=synthetic_multilabel", "data.n_samples=400", "data.stream_rate=10",
                           "protocol.n_min=50", "protocol.period=2"]}
 EXTRA["ihomer:decentralized"] = EXTRA["ihomer:local"]
-MODES.update({"ihomer:local": ["protocol.mode=local"], "ihomer:decentralized": ["protocol.mode=decentralized"]})
+MODES.update({"ihomer:local": ["protocol.mode=local"], "ihomer:decentralized": ["protocol.mode=decentralized"],
+              # a robust rule, and one under attack (the bridge refuses attacks: simulated only)
+              "fedavg:trimmed_mean": ["protocol.aggregator=trimmed_mean", "protocol.trim=0.2"],
+              "fedavg:krum_attacked": ["protocol.aggregator=multi_krum", "attack={kind:alie,fraction:0.2}"]})
 NAMES = protocols.names() + list(MODES)
 # heterogeneous speeds and links, so instants rarely coincide unless batched by ticks
 BASE = ["nodes=9", "rounds=3", "topology=random_regular", "topology.degree=4", "train.local_steps=2",
