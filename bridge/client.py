@@ -12,8 +12,9 @@ model and optimizer momentum.
     train.gossip    a relay round: merge the "from-<v>" models into the own model with the
                     protocol's merge rule, train (unless config "merge-only"), reply "arrays"
     evaluate        the task's metrics of "arrays" on the held-out test set (as the simulator)
-    train.ihomer    a federated iHOMER round (see bridge.ihomer): train on the rows that had
-                    arrived at the given simulated time, reply the row and the count delta
+    train.ihomer    a federated iHOMER round (see bridge.ihomer): test, then train on the rows
+                    that had arrived at the given simulated time, run the node's drift
+                    detectors; reply the row, the count delta, the test's counts and the flags
     query.m2n2_score, query.m2n2_insert, query.m2n2_settle
                     federated M2N2 (see bridge.archive): score the round's children on the
                     node's own selection rows, keep the scores in `context.state`, reply partial

@@ -3,7 +3,9 @@
 `fedavg` runs under Flower's own FedAvg strategy (`ScenarioFedAvg`: every reply checked on its
 own, the survivors aggregated with the simulator's rule, `protocol.aggregator`); `m2n2` in its federated mode keeps its
 archive here and asks the nodes for partial sums (`archive`); federated `ihomer` keeps its
-label partitioner here and gets count deltas and trained rows from the nodes (`ihomer`); every
+label partitioner here, replays the simulator's clock (which rows of its stream a node holds
+when it trains) and gets count deltas, prequential counts, drift flags and trained rows from
+the nodes (`ihomer`); only iHOMER deploys a stream (data.stream_rate); every
 protocol that declares a per-node merge rule (Protocol.merge: gossip, vc_gossip, a user's own) runs through the relay.
 Decentralized M2N2 and central M2N2 are refused (`check_bridged`). The server evaluates the
 models it holds on the held-out test set each round and, when `out-dir` is set, writes
@@ -106,6 +108,9 @@ def bridge_problem(sc: Scenario) -> str | None:
         return "attack (Byzantine clients) is simulated only; on a real fleet the attackers are the devices"
     if isinstance(proto, IHomer):
         return ihomer.problem(sc)
+    if sc.world.stream_rates is not None:  # FedAvg, M2N2 and the relay train on every row they hold
+        return (f"data.stream_rate streams rows in simulated time, a clock the bridge replays for protocol=ihomer "
+                f"only; set data.stream_rate=null to deploy protocol={proto.cfg.name}")
     if isinstance(proto, fedavg.FedAvg) or isinstance(proto, m2n2.Federated):
         return None
     if isinstance(proto, m2n2.Central):

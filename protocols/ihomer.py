@@ -297,6 +297,37 @@ class IHomer(FedAvg):
                 "instances": int(self.reported.sum()),  # rows streamed, tested and trained on so far
                 "partition": " ".join(map(str, self.chain.partition.tolist()))}
 
+    # the Flower bridge's side (bridge/ihomer.py): the simulator's own steps, fed what a node or
+    # the ServerApp holds, so both engines run one piece of math
+
+    def node_drift(self, node: int, counts: torch.Tensor, detectors: dict) -> list[tuple]:
+        """`_local_drift` at one Flower node: `counts` [4L + 3] are its prequential counts of
+        this round's rows (under the partition in self.chain), `detectors` {cluster: ADWIN} its
+        own, updated in place. Returns the clusters it flags. Needs no init_state."""
+        from types import SimpleNamespace
+
+        n = self.world.n
+        pq = SimpleNamespace(node_counts=torch.zeros(n, len(counts), dtype=torch.float64))
+        pq.node_counts[node] = counts
+        self.fleet = SimpleNamespace(n=n, prequential=pq, data=SimpleNamespace(ids=torch.as_tensor))
+        self.chain = self.world.model
+        self._seen_loss = np.zeros((n, len(counts)))  # the delta is this round's counts
+        self._adwin = {(node, key): det for key, det in detectors.items()}
+        self._flags, self._flagged, self._reporting, self.local_drifts = {}, [], set(), 0
+        self._local_drift(np.array([node]))
+        detectors.clear()
+        detectors.update({key: det for (_, key), det in self._adwin.items()})
+        return [key for _, key in self._flagged]
+
+    def coordinate_restarts(self, counts: LabelCounts, flags: dict[tuple, int], reporting: int) -> list[tuple]:
+        """`coordinate`, and the flagged clusters it started over: every node drops its
+        detectors of those (what coordinate does to self._adwin in the simulator)."""
+        self._adwin = {(-1, cluster): None for cluster in flags}
+        self.coordinate(counts, flags, reporting)
+        restarted = [cluster for cluster in flags if (-1, cluster) not in self._adwin]
+        self._adwin = {}
+        return restarted
+
 
 class Decentralized(IHomer):
     """iHOMER by gossip, in synchronous rounds over the graph. Each node keeps its own estimate

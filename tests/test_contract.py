@@ -26,7 +26,7 @@ EXTRA = {"m2n2": ["protocol.fraction=0.5", "data.validation=0.3"],
          "m2n2:decentralized": ["data.validation=0.3"],
          # iHOMER partitions labels: a multi-label stream, checked every 50 pooled rows
          "ihomer": ["data=synthetic_multilabel", "data.n_samples=400", "data.stream_rate=10", "protocol.n_min=50",
-                    "protocol.period=2", "protocol.adwin=false"],  # the bridge runs it without river's detectors
+                    "protocol.period=2"],  # river's detectors at every node, on the bridge too
          "ihomer:local": ["data=synthetic_multilabel", "data.n_samples=400", "data.stream_rate=10",
                           "protocol.n_min=50", "protocol.period=2"]}
 EXTRA["ihomer:decentralized"] = EXTRA["ihomer:local"]
