@@ -130,9 +130,10 @@ class IHomer(FedAvg):
         self._flags: dict[tuple, set] = {}   # cluster -> the nodes that flagged it this round
         self._flagged: list[tuple] = []      # (node, cluster) flags this round
         self._reporting: set = set()         # the nodes that reported losses this round
-        self._apply(self._target(self.odac.partition), initial=True)
+        self._apply(self._target(self.odac), initial=True)
 
-    def _target(self, odac_partition: np.ndarray) -> np.ndarray:
+    def _target(self, odac: LabelODAC) -> np.ndarray:
+        """The partition to publish for `protocol.partition`, given the ODAC's."""
         L = self.n_labels
         kind = self.cfg.partition
         if kind == "singletons":
@@ -140,12 +141,12 @@ class IHomer(FedAvg):
         if kind == "one":
             return np.zeros(L, dtype=np.int64)
         if kind == "random":  # ODAC's cluster sizes, labels shuffled
-            sizes = np.bincount(odac_partition)
-            perm = np.random.default_rng(derive_seed(self.world.seed, "ihomer-random", self.odac.version)).permutation(L)
+            sizes = np.bincount(odac.partition)
+            perm = np.random.default_rng(derive_seed(self.world.seed, "ihomer-random", odac.version)).permutation(L)
             part = np.empty(L, dtype=np.int64)
             part[perm] = np.repeat(np.arange(len(sizes)), sizes)
             return part
-        return odac_partition.copy()
+        return odac.partition.copy()
 
     def _apply(self, part: np.ndarray, initial: bool = False) -> None:
         """Publish a partition: changed clusters start their chains over and warm up."""
@@ -235,7 +236,7 @@ class IHomer(FedAvg):
         self.warming = np.maximum(self.warming - 1, 0)
         changed = self.odac.update(counts)
         if changed and self.cfg.partition in ("odac", "random"):
-            target = self._target(self.odac.partition)
+            target = self._target(self.odac)
             if not np.array_equal(target, self.chain.partition):
                 self._apply(target)
         for cluster, flagged in flags.items():
@@ -245,7 +246,7 @@ class IHomer(FedAvg):
                 self._adwin = {k: v for k, v in self._adwin.items() if k[1] != cluster}
         self.chain.set_partition(self.chain.partition, self.warming > 0)
 
-    def _local_drift(self, nodes: np.ndarray) -> None:
+    def _local_drift(self, nodes: np.ndarray, partition: np.ndarray | None = None) -> None:
         """ADWIN per (node, cluster) on the mean loss of the cluster's labels over the rows the
         node predicted since its last update; flags are counted for the coordinator."""
         from river.drift import ADWIN
@@ -260,7 +261,7 @@ class IHomer(FedAvg):
         self._seen_loss[nodes] = counts
         rows = delta[:, -1]
         losses = Multilabel.label_losses(delta)
-        groups = partition_groups(self.chain.partition)
+        groups = partition_groups(self.chain.partition if partition is None else partition)
         self._reporting.update(nodes[rows > 0].tolist())
         for g in groups:
             key = tuple(int(i) for i in g)
@@ -417,10 +418,9 @@ class Decentralized(IHomer):
         for part, warm, group in self._groups(nodes):
             self.chain.set_partition(part, warm)
             self.fleet.train(group, self.start)
+            if self.cfg.adwin:
+                self._local_drift(group, part)
         if self.cfg.adwin:
-            for part, _, group in self._groups(nodes):
-                self.chain.partition = part
-                self._local_drift(group)
             for node, cluster in self._flagged:
                 self.cluster_resets += 1
                 self._reset_node_chain(node, np.asarray(cluster))
@@ -493,7 +493,7 @@ class Decentralized(IHomer):
 
     def _publish_node(self, node: int) -> None:
         odac = self.odacs[node]
-        target = self._target(odac.partition) if self.cfg.partition == "odac" else self._target_random(odac)
+        target = self._target(odac)
         old = {tuple(g) for g in partition_groups(self.parts[node])}
         if np.array_equal(target, self.parts[node]):
             return
@@ -503,14 +503,6 @@ class Decentralized(IHomer):
         self.parts[node] = target
         self.node_versions[node] += 1
         self.restructures += 1
-
-    def _target_random(self, odac: LabelODAC) -> np.ndarray:
-        sizes = np.bincount(odac.partition)
-        perm = np.random.default_rng(derive_seed(self.world.seed, "ihomer-random", odac.version)).permutation(
-            self.n_labels)
-        part = np.empty(self.n_labels, dtype=np.int64)
-        part[perm] = np.repeat(np.arange(len(sizes)), sizes)
-        return part
 
     def _reset_node_chain(self, node: int, labels: np.ndarray) -> None:
         view = self.chain.layout.unflatten(self.fleet.params)["chain"]
