@@ -106,6 +106,9 @@ def bridge_problem(sc: Scenario) -> str | None:
     proto = sc.protocol
     if sc.world.attack is not None:
         return "attack (Byzantine clients) is simulated only; on a real fleet the attackers are the devices"
+    if sc.world.faulty:
+        return ("availability, topology.loss, topology.failures and topology.dynamic are simulated only; on a real "
+                "fleet the devices and the network fail by themselves")
     if isinstance(proto, IHomer):
         return ihomer.problem(sc)
     if sc.world.stream_rates is not None:  # FedAvg, M2N2 and the relay train on every row they hold

@@ -90,8 +90,10 @@ class Attack:
         return (1 - y).astype(y.dtype) if y.ndim == 2 else (n_classes - 1 - y).astype(y.dtype)
 
     def apply(self, rows: torch.Tensor, bad: torch.Tensor, global_model: torch.Tensor, seed: int,
-              nodes: torch.Tensor, round_: int) -> torch.Tensor:
-        """The uploads [k, P] of one round with the attackers' rows (bad [k] bool) rewritten."""
+              nodes: torch.Tensor, round_, honest: tuple | None = None) -> torch.Tensor:
+        """The uploads [k, P] of one round with the attackers' rows (bad [k] bool) rewritten;
+        `round_` keys the Gaussian noise (a number, or one per row). alie: `honest` = (mean, std,
+        n, f) of the honest updates, when the attackers see more than these rows."""
         if self.poisons_data or not bool(bad.any()):
             return rows
         g = global_model.view(1, -1).to(rows.dtype)
@@ -103,12 +105,15 @@ class Attack:
             out[bad] = g + self.scale * u
         elif self.kind == "gaussian":
             coord = torch.arange(rows.shape[1], device=rows.device).view(1, -1)
-            noise = counter_normal(seed, nodes[bad].view(-1, 1), torch.full_like(nodes[bad], round_).view(-1, 1), coord)
+            rounds = torch.broadcast_to(torch.as_tensor(round_, dtype=torch.long, device=rows.device), nodes.shape)
+            noise = counter_normal(seed, nodes[bad].view(-1, 1), rounds[bad].view(-1, 1), coord)
             out[bad] = g + self.std * noise.to(rows.dtype)
-        else:  # alie: from the honest updates of the round
-            honest = (rows[~bad] - g).double() if bool((~bad).any()) else u.double()
-            n, f = rows.shape[0], int(bad.sum())
+        else:  # alie: from the honest updates of the round (or the statistics given)
+            if honest is None:
+                h = (rows[~bad] - g).double() if bool((~bad).any()) else u.double()
+                honest = (h.mean(0), h.std(0, unbiased=False), rows.shape[0], int(bad.sum()))
+            mean, std, n, f = honest
             s = n // 2 + 1 - f
             z = NormalDist().inv_cdf(min(max((n - s) / n, 1e-6), 1 - 1e-6))
-            out[bad] = (g.double() + honest.mean(0) - z * honest.std(0, unbiased=False)).to(rows.dtype)
+            out[bad] = (g.double() + mean - z * std).to(rows.dtype)
         return out

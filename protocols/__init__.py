@@ -11,6 +11,7 @@ from protocols.gossip import Gossip, GossipConfig
 from protocols.vc_gossip import VCGossip, VCGossipConfig
 from protocols.m2n2 import M2N2, M2N2Config
 from protocols.ihomer import IHomer, IHomerConfig
+from protocols.fedbuff import FedAsync, FedAsyncConfig, FedBuff, FedBuffConfig
 
-__all__ = ["FedAvg", "FedAvgConfig", "Gossip", "GossipConfig", "IHomer", "IHomerConfig", "M2N2", "M2N2Config", "Priority", "Protocol", "ProtocolConfig",
+__all__ = ["FedAsync", "FedAsyncConfig", "FedAvg", "FedAvgConfig", "FedBuff", "FedBuffConfig", "Gossip", "GossipConfig", "IHomer", "IHomerConfig", "M2N2", "M2N2Config", "Priority", "Protocol", "ProtocolConfig",
            "ProtocolError", "VCGossip", "VCGossipConfig", "get", "names"]

@@ -38,6 +38,7 @@ from protocols import registry
 class Priority(enum.IntEnum):
     """The order of event kinds due at one simulated instant (lower first; the engine runs one
     wave per kind)."""
+    TOPOLOGY = 5    # the graph is re-drawn (topology.dynamic)
     RECEIVE = 10    # a message reaches its destination (gossip delivery, FedAvg upload)
     DISPATCH = 20   # a client gets its work (FedAvg download)
     TRAINED = 30    # local training ends
@@ -85,6 +86,11 @@ class Protocol:
         return False
 
     @classmethod
+    def supports_faults(cls, cfg) -> bool:
+        """Does this protocol model availability, lost messages and changing graphs?"""
+        return False
+
+    @classmethod
     def independent_init(cls, cfg) -> bool:
         """Does every node start from its own random model (else one shared model)?"""
         return False
@@ -93,6 +99,8 @@ class Protocol:
         self.cfg = cfg
         self.world = world
         self.bytes_sent = 0
+        self.lost = 0      # messages lost (topology.loss, failed links, offline receivers)
+        self.dropouts = 0  # participations that ended because a node went offline or its message was lost
 
     # the simulation
     def attach(self, engine, on_round: Callable[[int, float], None]) -> None:
@@ -139,6 +147,15 @@ class Protocol:
     def extra_metrics(self) -> dict[str, float]:
         """The protocol's own metrics.csv columns (keys: `columns`)."""
         return {}
+
+    def fault_metrics(self, t: float) -> dict[str, float]:
+        """The fault columns of metrics.csv, when the scenario has faults."""
+        out = {"messages_lost": float(self.lost), "dropouts": float(self.dropouts)}
+        if self.world.availability is not None:
+            out["online_fraction"] = self.world.availability.share(t)
+        if self.world.dynamic is not None:
+            out["graph_version"] = float(getattr(self, "version", self.world.graph_version(t)))
+        return out
 
     def start_clock(self, round_time: float) -> None:
         """Asynchronous protocols: a round is `round_time` simulated seconds."""

@@ -33,41 +33,42 @@ class FedAvgConfig(ProtocolConfig):
             raise ValueError(f"protocol.fraction must be in (0, 1], got {self.fraction}")
         if self.deadline is not None and not 0 < self.deadline < math.inf:
             raise ValueError(f"protocol.deadline must be a finite number > 0 or null, got {self.deadline}")
-        if self.aggregator not in robust.RULES:
-            raise ValueError(f"protocol.aggregator must be one of {', '.join(robust.RULES)}, got {self.aggregator!r}")
-        if not 0 <= self.trim < 0.5:
-            raise ValueError(f"protocol.trim must be in [0, 0.5), got {self.trim}")
-        if not 0 <= self.byzantine < 0.5:
-            raise ValueError(f"protocol.byzantine must be in [0, 0.5), got {self.byzantine}")
-        if not 0 < self.clip_tau < math.inf:
-            raise ValueError(f"protocol.clip_tau must be a finite number > 0, got {self.clip_tau}")
-        if not 1 <= self.clip_iters <= 1000:
-            raise ValueError(f"protocol.clip_iters must be an integer from 1 to 1000, got {self.clip_iters}")
+        check_robust_options(self, robust.RULES)
+
+
+def check_robust_options(cfg, rules) -> None:
+    """The robust-aggregation options a FedAvg or gossip config shares (ValueError naming the key)."""
+    if cfg.aggregator not in rules:
+        raise ValueError(f"protocol.aggregator must be one of {', '.join(rules)}, got {cfg.aggregator!r}")
+    if not 0 <= cfg.trim < 0.5:
+        raise ValueError(f"protocol.trim must be in [0, 0.5), got {cfg.trim}")
+    if not 0 <= cfg.byzantine < 0.5:
+        raise ValueError(f"protocol.byzantine must be in [0, 0.5), got {cfg.byzantine}")
+    if not 0 < cfg.clip_tau < math.inf:
+        raise ValueError(f"protocol.clip_tau must be a finite number > 0, got {cfg.clip_tau}")
+    if not 1 <= cfg.clip_iters <= 1000:
+        raise ValueError(f"protocol.clip_iters must be an integer from 1 to 1000, got {cfg.clip_iters}")
 
 
 def robust_aggregate(cfg: FedAvgConfig, rows: torch.Tensor, num_examples: torch.Tensor,
                      global_model: torch.Tensor) -> torch.Tensor:
     """The round's new global model by `cfg.aggregator` from the uploads [k, P] (sorted by node,
     so that both engines see the same order): FedAvg's weighted mean or a robust rule."""
-    rule, k = cfg.aggregator, rows.shape[0]
-    if rule == "mean":
+    if cfg.aggregator == "mean":
         return aggregate(rows.double(), num_examples).to(rows.dtype)
-    if rule == "median":
-        return robust.median(rows)
-    if rule == "trimmed_mean":
-        return robust.trimmed_mean(rows, cfg.trim) if k - 2 * int(cfg.trim * k) >= 1 else robust.median(rows)
-    if rule in ("krum", "multi_krum"):
-        f = min(int(cfg.byzantine * k), max(k - 3, 0))
-        if k < 3:  # Krum needs k - f - 2 >= 1
-            return robust.median(rows)
-        return robust.krum(rows, f, 1 if rule == "krum" else k - f)
-    return robust.centered_clip(rows, global_model, cfg.clip_tau, cfg.clip_iters)
+    return robust.aggregate(cfg.aggregator, rows, global_model, trim=cfg.trim, byzantine=cfg.byzantine,
+                            tau=cfg.clip_tau, iters=cfg.clip_iters)
 
 
 class FedAvg(Protocol):
     """Events of round r: download (model reaches client) -> train_done -> upload (reaches
-    server). The round ends when every selected client's upload arrived, or at the deadline.
-    Uploads are summed as they arrive, so the server holds one running weighted sum."""
+    server). The round ends when every selected client's upload arrived or dropped out, or at
+    the deadline. Uploads are summed as they arrive, so the server holds one running weighted sum.
+
+    Faults: the server samples among the clients online at the round start (none online: the
+    round waits for the first to come back). A client drops out when its download or upload is
+    lost (topology.loss), when its download reaches it offline, or when it goes offline before
+    its training ends (`dropouts`)."""
     name = "fedavg"
     config = FedAvgConfig
     uses_graph = False
@@ -97,25 +98,57 @@ class FedAvg(Protocol):
         return self.world.server_delay(nodes, self.model_bytes)
 
     def _round_start(self, t, nodes, payload):
-        self.round += 1
         n = self.fleet.n
         k = max(1, int(round(self.cfg.fraction * n)))
+        pool = None
+        if self.world.availability is not None:
+            pool = np.flatnonzero(self.world.online(np.arange(n), t))
+            if len(pool) == 0:  # nobody online: the round starts when someone is back
+                back = float(self.world.next_online(np.arange(n), t).min())
+                if math.isfinite(back):
+                    self.engine.schedule("round_start", back, -1)
+                return
+            k = min(k, len(pool))
+        self.round += 1
         rng = np.random.default_rng(derive_seed(self.world.seed, "fedavg-select", self.round))
-        self.selected = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
+        if pool is not None and len(pool) < n:
+            self.selected = np.sort(rng.choice(pool, size=k, replace=False)) if k < len(pool) else pool
+        else:
+            self.selected = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
         self.expected = len(self.selected)
+        self.outstanding = self.expected  # selected clients neither arrived nor dropped out
         self.received = 0
         self.sum = torch.zeros_like(self.global_model, dtype=torch.float64)
         self.kept: list = []  # (nodes, rows, weights) of each upload wave, when the rule needs them
         self.weight = 0.0
         self.open = True
-        self.bytes_sent += k * self.model_bytes
-        self.engine.schedule("download", t + self._delay(self.selected), self.selected, round=self.round)
+        self.bytes_sent += len(self.selected) * self.model_bytes
+        self._transfer("download", t, self.selected, 2 * self.round)
         if self.cfg.deadline is not None:
             self.engine.schedule("deadline", t + self.cfg.deadline, -1, round=self.round)
 
     def _current(self, payload):
         """Which events of a wave belong to the open round (late ones from closed rounds don't)."""
         return (payload["round"] == self.round) & self.open
+
+    def _transfer(self, kind: str, t: float, nodes: np.ndarray, counter: int, **payload) -> None:
+        """Send the round's models to (download) or from (upload) the nodes; lost ones drop out."""
+        arrive = t + self._delay(nodes)
+        if self.world.faulty:
+            src, dst = (np.full_like(nodes, -1), nodes) if kind == "download" else (nodes, np.full_like(nodes, -1))
+            ok, arrive = self.world.transmit(src, dst, t, arrive, np.full_like(nodes, counter))
+            self.lost += int((~ok).sum())
+            self._drop_out(t, int((~ok).sum()))
+            nodes, arrive = nodes[ok], arrive[ok]
+            payload = {k: v[ok] for k, v in payload.items()}
+        self.engine.schedule(kind, arrive, nodes, round=self.round, **payload)
+
+    def _drop_out(self, t: float, k: int) -> None:
+        if k:
+            self.dropouts += k
+            self.outstanding -= k
+            if self.outstanding == 0 and self.open:
+                self._close(t)
 
     def _download(self, t, nodes, payload):
         nodes = nodes[self._current(payload)]
@@ -126,9 +159,13 @@ class FedAvg(Protocol):
     def _train_done(self, t, nodes, payload):
         keep = self._current(payload)
         nodes, start = nodes[keep], payload["start"][keep]
+        if self.world.availability is not None:  # offline before training ended: a dropout
+            stayed = self.world.online_through(nodes, start, t)
+            nodes, start = nodes[stayed], start[stayed]
+            self._drop_out(t, int((~stayed).sum()))
         self.fleet.train(nodes, start)  # a client trains on the rows it held when training began
         self.bytes_sent += len(nodes) * self.model_bytes
-        self.engine.schedule("upload", t + self._delay(nodes), nodes, round=self.round, start=start)
+        self._transfer("upload", t, nodes, 2 * self.round + 1, start=start)
 
     def _upload(self, t, nodes, payload):
         keep = self._current(payload)
@@ -144,16 +181,21 @@ class FedAvg(Protocol):
             self.sum += w @ rows.double()
         self.weight += float(w.sum())
         self.received += len(nodes)
-        if self.received == self.expected:
+        self.outstanding -= len(nodes)
+        if self.outstanding == 0:
             self._close(t)
 
     def _deadline(self, t, nodes, payload):
         if self.open and payload["round"][0] == self.round:
-            self.dropped += self.expected - self.received
+            self.dropped += self.outstanding
             self._close(t)
 
     @classmethod
     def supports_attack(cls, cfg) -> bool:
+        return True
+
+    @classmethod
+    def supports_faults(cls, cfg) -> bool:
         return True
 
     @property

@@ -106,6 +106,10 @@ class IHomer(FedAvg):
         return False
 
     @classmethod
+    def supports_faults(cls, cfg) -> bool:
+        return False
+
+    @classmethod
     def template(cls, cfg, data):
         if data.task != "multilabel":
             raise ProtocolError(f"protocol=ihomer partitions a label space: it needs multi-label data "

@@ -515,6 +515,14 @@ class Decentralized(M2N2, Gossip):
     receives = "models"
     columns = ("evaluations", "merges", "children_kept")
 
+    @classmethod
+    def supports_attack(cls, cfg) -> bool:
+        return False
+
+    @classmethod
+    def supports_faults(cls, cfg) -> bool:
+        return False
+
     def init_state(self):
         super().init_state()
         w = self.world

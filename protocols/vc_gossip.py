@@ -48,6 +48,9 @@ class VCGossipConfig(GossipConfig):
         super().__post_init__()
         if not 0 <= self.eps < 1:
             raise ValueError(f"protocol.eps must be in [0, 1), got {self.eps}")
+        if self.aggregator != "mean":
+            raise ValueError(f"protocol.aggregator: vc_gossip merges the mean of what arrives and corrects its "
+                             f"variance; robust rules run with protocol=gossip (got {self.aggregator!r})")
         if self.estimator not in ("population", "unbiased"):
             raise ValueError(f"protocol.estimator must be one of population, unbiased; got {self.estimator!r}")
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 import protocols
+from clients import availability
 from clients.attacks import Attack
 from clients.datasets import DATASETS
 from clients.nodes import TrainConfig
@@ -31,6 +32,7 @@ from clients.partition import PARTITIONERS
 from clients.profiles import Distribution
 from protocols.registry import ProtocolError, import_object
 from topologies import TOPOLOGIES
+from topologies.dynamic import Dynamic
 
 SCENARIOS = Path(__file__).resolve().parent  # config.yaml, experiment/, arm/
 MODELS = ("logreg", "mlp", "cnn", "lenet")
@@ -70,9 +72,16 @@ class TopologyConfig:
     allow_disconnected: bool = False
     latency: Any = 0.01        # seconds: a number or a distribution mapping
     bandwidth: Any = 1.0e6     # bytes/s: a number or a distribution mapping
+    loss: float = 0.0          # chance that a message is lost (each message, on every link)
+    failures: Any = None       # links that fail and recover: {on: <span>, off: <span>} (clients.availability)
+    dynamic: Any = None        # the graph re-drawn: {every: <s>, kind | paths, ...} (topologies.dynamic)
 
     def __post_init__(self):
         _choice(self.name, TOPOLOGIES, "topology")
+        if not 0 <= self.loss < 1:
+            raise ValueError(f"topology.loss must be a probability in [0, 1), got {self.loss}")
+        availability.check_spec(self.failures, "topology.failures")
+        Dynamic.from_spec(self.dynamic)
         latency = _distribution(self.latency, "topology.latency")
         if not 0 <= latency.lowest < math.inf:
             raise ValueError("topology.latency must be finite and >= 0 seconds on every link "
@@ -244,6 +253,7 @@ class RunConfig:
     speed: Any = 1000.0        # samples/s per node: a number (.inf: no time) or a distribution
     label: str = ""            # a name for the run (an experiment's arm); shown in outputs
     attack: Any = None         # Byzantine clients: {kind, fraction | nodes, scale, std} (clients.attacks)
+    availability: Any = None   # nodes online and offline: {kind: sessions | diurnal | trace, ...} (clients.availability)
     train: TrainConfig = field(default_factory=TrainConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -257,6 +267,7 @@ class RunConfig:
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda")
         Attack.from_spec(self.attack)
+        availability.check_spec(self.availability)
         if not _distribution(self.speed, "speed").always_positive:
             raise ValueError("speed must be > 0 samples/s for every node (check speed.value or speed.low)")
 

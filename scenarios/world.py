@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import protocols
+from clients import availability as online
 from clients.attacks import Attack
 from clients.datasets import Dataset, available_memory_bytes, load_dataset
 from clients.fleet import Fleet
@@ -29,10 +30,11 @@ from clients.nodes import NodeData
 from clients.partition import partition
 from clients.profiles import Distribution, compute_speeds
 from kernels import MLP, BatchedModel, LeNet, LogisticRegression, SmallCNN, init_stack
-from kernels.random import derive_seed
+from kernels.random import counter_uniform, derive_seed
 from protocols.registry import ProtocolError, import_object
 from scenarios.schema import ConfigError, RunConfig, first_line
-from topologies import attach_links, build_graph, check_graph, edge_arrays, link_delay
+from topologies import TopologyError, attach_links, build_graph, check_graph, edge_arrays, link_delay
+from topologies.dynamic import Dynamic
 
 
 def rng(seed: int, name: str) -> np.random.Generator:
@@ -57,6 +59,14 @@ class World:
     given_weights: bool = False   # a module passed to assemble(): every node starts from its weights
     attack: Attack | None = None  # Byzantine clients (clients.attacks)
     byzantine: np.ndarray | None = None  # bool [N]: which nodes attack
+    availability: online.OnlineProcess | None = None  # nodes online and offline (None: always online)
+    dynamic: Dynamic | None = None  # the graph re-drawn every dynamic.every seconds
+
+    @property
+    def faulty(self) -> bool:
+        """Does anything fail: nodes going offline, lost messages, failing links, a changing graph?"""
+        t = self.cfg.topology
+        return self.availability is not None or t.loss > 0 or t.failures is not None or self.dynamic is not None
 
     @property
     def n(self) -> int:
@@ -87,6 +97,87 @@ class World:
     def edges(self) -> dict[str, np.ndarray]:
         """The graph as sorted directed edge arrays (topologies.edge_arrays)."""
         return edge_arrays(self.graph)
+
+    # faults: who is online, which messages arrive, which graph holds
+    def online(self, nodes: np.ndarray, t) -> np.ndarray:
+        """bool: is each node online at t?"""
+        if self.availability is None:
+            return np.ones(len(nodes), dtype=bool)
+        return self.availability.online(nodes, t)
+
+    def online_through(self, nodes: np.ndarray, t0, t1) -> np.ndarray:
+        """bool: was each node online all the time from t0 to t1?"""
+        if self.availability is None:
+            return np.ones(len(nodes), dtype=bool)
+        return self.availability.online_through(nodes, t0, t1)
+
+    def next_online(self, nodes: np.ndarray, t) -> np.ndarray:
+        """The first time >= t each node is online (+inf: never again)."""
+        if self.availability is None:
+            return np.broadcast_to(np.asarray(t, dtype=np.float64), np.shape(nodes)).copy()
+        return self.availability.next_online(nodes, t)
+
+    def transmit(self, src: np.ndarray, dst: np.ndarray, sent: float, arrive: np.ndarray, counter: np.ndarray,
+                 edges: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Which of these messages arrive, and when: (ok [m] bool, arrival times [m]).
+
+        A message is lost with probability topology.loss (drawn from (src, dst, counter): the
+        same message is lost in every run of the seed), over a failed link (graph messages:
+        `edges` = (graph version, edge indices), the link down when it is sent), or when its
+        receiver is offline on arrival (availability.messages=drop); with messages=hold it
+        arrives when the receiver is back. dst = -1 is the server (always online)."""
+        ok = np.ones(len(src), dtype=bool)
+        if len(src) == 0:
+            return ok, arrive
+        loss = self.cfg.topology.loss
+        if loss > 0:
+            u = counter_uniform(derive_seed(self.seed, "loss"), *(torch.tensor(np.asarray(a, dtype=np.int64))
+                                                                  for a in (src, dst, counter)))
+            ok &= u.numpy() >= loss
+        if edges is not None and self.cfg.topology.failures is not None:
+            ok &= self._link_process(edges[0]).online(edges[1], sent)
+        if self.availability is not None:
+            to_node = dst >= 0
+            if self.availability.messages == "hold":
+                back = self.availability.next_online(np.where(to_node, dst, 0), arrive)
+                arrive = np.where(to_node, back, arrive)
+                ok &= np.isfinite(arrive)
+            else:
+                ok &= ~to_node | self.availability.online(np.where(to_node, dst, 0), arrive)
+        return ok, arrive
+
+    def graph_version(self, t: float) -> int:
+        """Which graph holds at simulated time t (0: always, for a fixed graph)."""
+        return 0 if self.dynamic is None else self.dynamic.version(t)
+
+    def edges_at(self, version: int) -> dict[str, np.ndarray]:
+        """The directed edge arrays of a version of the graph (topologies.dynamic)."""
+        if version == 0:
+            return self.edges
+        cache = self.__dict__.setdefault("_versions", {})
+        if version not in cache:
+            t = self.cfg.topology
+            name, kw = self.dynamic.topology(version, t.name, dict(degree=t.degree, p=t.p, k=t.k, m=t.m, path=t.path))
+            graph = build_graph(name, self.n, rng(self.seed, f"topology-{version}"), **kw)
+            graph = check_graph(graph, self.n, allow_disconnected=t.allow_disconnected)
+            lat, bw = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
+            links = rng(self.seed, f"links-{version}")
+            attach_links(graph, lambda k: lat.sample(k, links), lambda k: bw.sample(k, links))
+            if len(cache) > 2:  # the run moves forward: old versions are not needed again
+                cache.pop(min(cache))
+            cache[version] = edge_arrays(graph)
+        return cache[version]
+
+    def _link_process(self, version: int) -> online.Sessions:
+        cache = self.__dict__.setdefault("_links", {})
+        if version not in cache:
+            e = self.edges_at(version)
+            pairs = np.stack([np.minimum(e["src"], e["dst"]), np.maximum(e["src"], e["dst"])], axis=1)
+            if len(cache) > 2:
+                cache.pop(min(cache))
+            cache[version] = online.link_sessions(self.cfg.topology.failures, pairs, self.n,
+                                                  derive_seed(self.seed, "link-failures"))
+        return cache[version]
 
     def server_delay(self, nodes: np.ndarray, n_bytes: float) -> np.ndarray:
         """Seconds for `n_bytes` to cross each node's link to the server (either way)."""
@@ -214,7 +305,8 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if not proto.supports_attack(cfg.protocol):
-            raise ConfigError(f"attack: protocol={cfg.protocol.name} has no Byzantine clients yet; use protocol=fedavg")
+            raise ConfigError(f"attack: protocol={cfg.protocol.name} has no Byzantine clients yet; use fedavg, "
+                              "fedbuff, fedasync, gossip or vc_gossip")
         if attack.poisons_data:  # the attackers train on flipped labels
             y = data.y_train.copy()
             mine = byzantine[np.maximum(owner, 0)] & (owner >= 0)
@@ -227,10 +319,13 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
 
     t = cfg.topology
     latency, bandwidth = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
+    dynamic = Dynamic.from_spec(t.dynamic)
     if proto.needs_graph(cfg.protocol) or graph is not None:
         if graph is None:
-            graph = build_graph(t.name, cfg.nodes, rng(cfg.seed, "topology"), degree=t.degree, p=t.p,
-                                k=t.k, m=t.m, path=t.path)
+            # a sequence of graphs (topology.dynamic.paths) starts with its first
+            first = dict(name="edgelist", path=dynamic.paths[0]) if dynamic is not None and dynamic.paths else {}
+            graph = build_graph(first.get("name", t.name), cfg.nodes, rng(cfg.seed, "topology"), degree=t.degree,
+                                p=t.p, k=t.k, m=t.m, path=first.get("path", t.path))
             name = t.name
         else:
             name = "user graph"
@@ -242,6 +337,21 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
     srv = rng(cfg.seed, "server-links")
     server_latency = latency.sample(cfg.nodes, srv)
     server_bandwidth = bandwidth.sample(cfg.nodes, srv)
+
+    try:
+        nodes_online = online.build(cfg.availability, cfg.nodes, derive_seed(cfg.seed, "availability"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    faults = [k for k, on in (("availability", nodes_online is not None), ("topology.loss", t.loss > 0),
+                              ("topology.failures", t.failures is not None), ("topology.dynamic", dynamic is not None))
+              if on]
+    if faults and not proto.supports_faults(cfg.protocol):
+        raise ConfigError(f"{faults[0]}: protocol={cfg.protocol.name} does not model faults yet; "
+                          "use fedavg, fedasync, fedbuff, gossip or vc_gossip")
+    if (t.failures is not None or dynamic is not None) and not proto.needs_graph(cfg.protocol):
+        key = "topology.failures" if t.failures is not None else "topology.dynamic"
+        raise ConfigError(f"{key}: protocol={cfg.protocol.name} talks to a server, not over the graph; "
+                          "use topology.loss or availability")
 
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -260,8 +370,15 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
         except ValueError as err:  # no parameters, or buffers
             raise ConfigError(f"model: {err}") from None
     probe(batched, data, cfg.device)
-    return World(cfg, data, owner, val_owner, graph, name, server_latency, server_bandwidth, speeds,
-                 stream_rates, batched, proto, given_weights=model is not None, attack=attack, byzantine=byzantine)
+    world = World(cfg, data, owner, val_owner, graph, name, server_latency, server_bandwidth, speeds,
+                  stream_rates, batched, proto, given_weights=model is not None, attack=attack, byzantine=byzantine,
+                  availability=nodes_online, dynamic=dynamic)
+    if dynamic is not None:  # a redraw that cannot be built is a config error now, not mid-run
+        try:
+            world.edges_at(1)
+        except TopologyError as err:
+            raise ConfigError(f"topology.dynamic: {err}") from None
+    return world
 
 
 STACK_COPIES = 3  # [N, P] float32 stacks any run holds at least (models, gradients, a merge buffer)

@@ -77,6 +77,10 @@ class Engine:
                 ev = self.env.timeout(t - self.env.now)
                 ev.callbacks.append(lambda _ev, t=t: self._fire(t))
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.triggered
+
     def stop(self) -> None:
         if not self._stop.triggered:
             self._stop.succeed()

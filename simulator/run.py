@@ -140,7 +140,8 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                **world.task.columns(scores),
                "consensus_distance": consensus_distance(models), "bytes_sent": protocol.bytes_sent,
                "train_loss": protocol.train_loss(), **protocol.prequential_metrics(),
-               **protocol.extra_metrics(), **layer_variances(rows, world.layout)}
+               **protocol.extra_metrics(), **(protocol.fault_metrics(t) if world.faulty else {}),
+               **layer_variances(rows, world.layout)}
         recorder.add(row)
         if bar is not None:
             bar.set_postfix({world.task.headline[:8]: f"{row[world.task.headline + '_mean']:.3f}"})

@@ -55,7 +55,11 @@ VALUES = st.one_of(
     st.sampled_from(["nan", "inf", "-inf", "1e-300", "1e300", "0.5", "-0.0", "2.5", "1e5"]),
     st.sampled_from(["abc", "''", "yes", "no", "null", "true", "false", "[1,2]", "[]", "[0]", "{}", "x.y",
                      "{kind: uniform, low: 1, high: 2}", "{kind: lognormal, mean: 1, sigma: 1}",
-                     "{kind: exponential}", "{kind: nope}", "{value: -1}", "cuda", "cpu"]),
+                     "{kind: exponential}", "{kind: nope}", "{value: -1}", "cuda", "cpu",
+                     # faults: availability, topology.failures and topology.dynamic take these
+                     "{kind: sessions, on: 0.01, off: 0.01}", "{kind: diurnal, period: 0.05}",
+                     "{kind: sessions, on: 0.01, off: 1e9, messages: hold}", "{on: 0.02, off: 0.01}",
+                     "{every: 0.01}", "{every: 0.01, kind: ring}", "{every: 1e-300}"]),
 )
 
 

@@ -16,7 +16,7 @@ def murmur(*args, cwd, timeout=240):
 
 @pytest.mark.parametrize("args, needle", [
     (["protocol=nope"], "unknown protocol 'nope'; choose one of: fedavg, gossip"),
-    (["protocol=gossip", "protocol.betta=0.5"], "unknown key 'protocol.betta'; valid keys of protocol: beta,"),
+    (["protocol=gossip", "protocol.betta=0.5"], "unknown key 'protocol.betta'; valid keys of protocol: aggregator, beta,"),
     (["train.learning_rate=1"], "unknown key 'train.learning_rate'; valid keys of train: batch_size,"),
     (["train.batch_size=2.5"], "train.batch_size"),
     (["topology.allow_disconnected=maybe"], "topology.allow_disconnected"),

@@ -33,7 +33,23 @@ EXTRA["ihomer:decentralized"] = EXTRA["ihomer:local"]
 MODES.update({"ihomer:local": ["protocol.mode=local"], "ihomer:decentralized": ["protocol.mode=decentralized"],
               # a robust rule, and one under attack (the bridge refuses attacks: simulated only)
               "fedavg:trimmed_mean": ["protocol.aggregator=trimmed_mean", "protocol.trim=0.2"],
-              "fedavg:krum_attacked": ["protocol.aggregator=multi_krum", "attack={kind:alie,fraction:0.2}"]})
+              "fedavg:krum_attacked": ["protocol.aggregator=multi_krum", "attack={kind:alie,fraction:0.2}"],
+              # faults: churn, lost messages, failing links, changing graphs; robust gossip and attacks
+              "fedavg:churn": ["availability={kind:sessions,on:0.3,off:0.2}", "topology.loss=0.1",
+                               "protocol.fraction=0.5"],
+              "fedbuff:faults": ["protocol.buffer=3", "protocol.concurrency=5", "topology.loss=0.1",
+                                 "availability={kind:sessions,on:0.3,off:0.2}", "protocol.aggregator=trimmed_mean",
+                                 "attack={kind:sign_flip,fraction:0.2}"],
+              "fedasync:clip": ["protocol.aggregator=centered_clip", "attack={kind:scale,fraction:0.2}"],
+              "gossip:clipped": ["protocol.aggregator=clipped", "protocol.clip_tau=0.5"],
+              "gossip:faults": ["availability={kind:sessions,on:0.3,off:0.2}", "topology.loss=0.2",
+                                "topology.failures={on:0.5,off:0.2}", "protocol.aggregator=krum",
+                                "attack={kind:alie,fraction:0.2}"],
+              "gossip:async_dynamic": ["protocol.mode=async", "protocol.round_time=0.2",
+                                       "topology.dynamic={every:0.3,kind:random_regular}", "protocol.merge_on=timeout",
+                                       "protocol.timeout=0.1", "availability={kind:diurnal,period:1.0,messages:hold}"],
+              "vc_gossip:churn": ["availability={kind:sessions,on:0.3,off:0.2,messages:hold}", "topology.loss=0.1",
+                                  "topology.dynamic={every:0.2}"]})
 NAMES = protocols.names() + list(MODES)
 # heterogeneous speeds and links, so instants rarely coincide unless batched by ticks
 BASE = ["nodes=9", "rounds=3", "topology=random_regular", "topology.degree=4", "train.local_steps=2",

@@ -70,8 +70,8 @@ def test_bad_attacks_are_one_line(spec, key):
 
 
 def test_attack_needs_a_protocol_that_models_it():
-    with pytest.raises(ConfigError, match="protocol=gossip has no Byzantine clients"):
-        run(overrides=["protocol=gossip", "nodes=4", "rounds=1", "attack={kind: sign_flip, nodes: [1]}",
+    with pytest.raises(ConfigError, match="protocol=m2n2 has no Byzantine clients"):
+        run(overrides=["protocol=m2n2", "nodes=4", "rounds=1", "attack={kind: sign_flip, nodes: [1]}",
                        "sim.progress=false", "topology.degree=2"])
 
 

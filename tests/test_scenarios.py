@@ -54,7 +54,8 @@ def test_user_protocol_errors_name_its_own_keys(tmp_path):
     p = murmur("protocol=toy_protocol.TrimmedMeanGossip", "protocol.tirm=0.2", f"hydra.run.dir={tmp_path}",
                cwd=TESTS)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-    assert "unknown key 'protocol.tirm'; valid keys of protocol: beta, init, mode, round_time, trim, wake" in p.stderr
+    assert ("unknown key 'protocol.tirm'; valid keys of protocol: aggregator, beta, byzantine, clip_iters, clip_tau, "
+            "init, merge_on, mode, round_time, timeout, trim, wake") in p.stderr
     with pytest.raises(ConfigError, match=r"protocol.trim must be in \[0, 0.5\)"):
         resolve(overrides=["protocol=toy_protocol.TrimmedMeanGossip", "protocol.trim=0.7"])
 

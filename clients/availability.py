@@ -1,0 +1,328 @@
+"""Who is online when: per-node (or per-link) online/offline processes, deterministic from the seed.
+
+A process keeps, per item, its sorted toggle times: an item is online at t when an odd number
+of its toggles lie at or before t (every item starts offline; a toggle at -inf means online
+from the start). Queries are batched over items and exact; generated processes are drawn
+lazily, further ahead as queries need them, from counter-based uniforms keyed by (item, span),
+so when a query comes never changes what is drawn.
+
+Kinds (the `availability` key; `topology.failures` uses `sessions` for links):
+
+  sessions  alternating online and offline spans with durations from `on` and `off` (each a
+            distribution: a number or {kind, mean, ...}; default exponential with means 600 s
+            and 300 s). An item starts online with probability E[on] / (E[on] + E[off]), the
+            long-run share online (the first span is a full draw: exact for exponential spans).
+  diurnal   a day of `period` seconds (86,400). The share of nodes online follows
+            trough + (peak - trough) * (1 + cos(2 pi (t - peak_at) / period)) / 2. Each node
+            draws one uniform u per day and is online while that share exceeds u: exactly that
+            share is online in expectation, each node in one window per day around the peak.
+  trace     a CSV file, one `node,start,end` line per online span (seconds; a header line is
+            allowed). Overlapping spans of a node join; a node the file never names is never
+            online.
+
+`messages`: what becomes of a message that reaches an offline node: `drop` (default) or `hold`
+(delivered the moment the node is back online).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from clients.profiles import Distribution
+from kernels.random import counter_uniform
+
+KINDS = ("sessions", "diurnal", "trace")
+MESSAGES = ("drop", "hold")
+_KEYS = {"sessions": {"on", "off"}, "diurnal": {"peak", "trough", "period", "peak_at"}, "trace": {"path"}}
+_SESSIONS = {"on": {"kind": "exponential", "mean": 600.0}, "off": {"kind": "exponential", "mean": 300.0}}
+_MAX_EXTENSIONS = 256  # how far ahead next_online looks for a node that is offline for good
+
+
+def expected(dist: Distribution) -> float:
+    """A distribution's mean."""
+    if dist.kind == "constant":
+        return dist.value
+    if dist.kind == "uniform":
+        return (dist.low + dist.high) / 2
+    if dist.kind == "uniform_int":
+        return (math.ceil(dist.low) + math.floor(dist.high)) / 2
+    if dist.kind == "lognormal":
+        return dist.mean * math.exp(dist.sigma ** 2 / 2)
+    return dist.mean
+
+
+class OnlineProcess:
+    """Online spans of `n` items as padded, sorted toggle times [n, K] (+inf pads a row)."""
+    messages = "drop"
+
+    def __init__(self, n: int):
+        self.n = n
+        self.toggles = np.empty((n, 0))
+        self.horizon = -math.inf  # every toggle before it is known
+
+    def _extend(self) -> bool:
+        """Draw further ahead (raise the horizon); False when nothing more can come."""
+        return False
+
+    def _append(self, columns: np.ndarray) -> None:
+        self.toggles = np.sort(np.concatenate([self.toggles, columns], axis=1), axis=1)
+
+    def _ensure(self, t: float) -> None:
+        while self.horizon <= t and self._extend():
+            pass
+
+    def _count(self, items: np.ndarray, t) -> np.ndarray:
+        """How many toggles of each item lie at or before t (a scalar or one time per item)."""
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), np.shape(items))
+        if len(items) == 0:
+            return np.zeros(0, np.int64)
+        self._ensure(float(t.max()))
+        rows = torch.from_numpy(self.toggles[items])  # a fresh array: fancy indexing copies
+        return torch.searchsorted(rows, torch.from_numpy(t.copy()).view(-1, 1),
+                                  right=True).view(-1).numpy()
+
+    def online(self, items, t) -> np.ndarray:
+        """bool: is each item online at t?"""
+        items = np.asarray(items, dtype=np.int64)
+        return self._count(items, t) % 2 == 1
+
+    def online_through(self, items, t0, t1) -> np.ndarray:
+        """bool: is each item online at t0 and without a break up to t1 (t1 >= t0)?"""
+        items = np.asarray(items, dtype=np.int64)
+        c0 = self._count(items, t0)
+        return (c0 % 2 == 1) & (self._count(items, t1) == c0)
+
+    def next_online(self, items, t) -> np.ndarray:
+        """The first time >= t at which each item is online (+inf: never)."""
+        items = np.asarray(items, dtype=np.int64)
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), items.shape).copy()
+        for _ in range(_MAX_EXTENSIONS):
+            c = self._count(items, t)
+            out = np.where(c % 2 == 1, t, np.inf)
+            off = c % 2 == 0
+            k = self.toggles.shape[1]
+            nxt = np.full(len(items), np.inf)
+            has = off & (c < k)
+            nxt[has] = self.toggles[items[has], c[has]]
+            out[off] = nxt[off]
+            if not np.any(off & (out > self.horizon)) or not self._extend():
+                return out
+        return out
+
+    def share(self, t: float) -> float:
+        """The share of all items online at t."""
+        return float(self.online(np.arange(self.n), t).mean()) if self.n else 1.0
+
+
+class Sessions(OnlineProcess):
+    """Alternating online/offline spans with seeded durations (see the module doc)."""
+
+    def __init__(self, keys: np.ndarray, seed: int, on: Distribution, off: Distribution, chunk: int = 8):
+        super().__init__(len(keys))
+        self.keys = torch.as_tensor(np.asarray(keys, dtype=np.int64))
+        self.seed, self.on, self.off, self.chunk = seed, on, off, chunk
+        share = expected(on) / (expected(on) + expected(off))
+        first = counter_uniform(seed, self.keys, torch.zeros((), dtype=torch.long)).numpy() < share
+        # online from the start: one toggle at -inf; offline: a pair that cancels
+        self.toggles = np.where(first[:, None], [[-np.inf, np.inf]], [[-np.inf, -np.inf]])
+        self.toggles = np.sort(self.toggles, axis=1)
+        self.state = first.copy()  # the state after each item's last drawn toggle
+        self.clock = np.zeros(self.n)  # the time of that toggle
+        self.drawn = 0
+
+    def _extend(self) -> bool:
+        cols = torch.arange(self.drawn + 1, self.drawn + 1 + self.chunk)
+        u = counter_uniform(self.seed, self.keys.view(-1, 1), cols.view(1, -1)).numpy()
+        # span j has the state the item toggles into after j spans: alternating from `state`
+        parity = (np.arange(self.chunk) % 2 == 0)[None, :]
+        online_span = np.where(parity, self.state[:, None], ~self.state[:, None])
+        lengths = np.where(online_span, self.on.quantile(u), self.off.quantile(u))
+        ends = self.clock[:, None] + np.cumsum(lengths, axis=1)
+        self._append(ends)
+        self.clock = ends[:, -1]
+        self.state = self.state ^ (self.chunk % 2 == 1)
+        self.drawn += self.chunk
+        self.horizon = float(self.clock.min()) if self.n else math.inf
+        return True
+
+
+class Diurnal(OnlineProcess):
+    """A daily cycle of the share online (see the module doc)."""
+
+    def __init__(self, n: int, seed: int, peak: float, trough: float, period: float, peak_at: float,
+                 days: int = 4):
+        super().__init__(n)
+        self.seed, self.peak, self.trough, self.period, self.peak_at, self.days = \
+            seed, peak, trough, period, peak_at, days
+        self.day = int(math.floor(-peak_at / period + 0.5)) - 1  # the first day drawn (it covers t = 0)
+        self.nodes = torch.arange(n)
+
+    def _window(self, day: int) -> np.ndarray:
+        """[n, 2] each node's online window of `day` (+inf, +inf where it stays offline)."""
+        u = counter_uniform(self.seed, self.nodes, torch.tensor(day)).numpy()
+        span = self.peak - self.trough
+        if span > 0:
+            c = 2 * (u - self.trough) / span - 1
+            half = np.where(c <= -1, 0.5, np.arccos(np.clip(c, -1, 1)) / (2 * math.pi))
+            half = np.where(c >= 1, -1.0, half)
+        else:
+            half = np.where(u < self.peak, 0.5, -1.0)
+        centre = self.peak_at + day * self.period
+        start, end = centre - half * self.period, centre + half * self.period
+        empty = half <= 0
+        return np.stack([np.where(empty, np.inf, start), np.where(empty, np.inf, end)], axis=1)
+
+    def _extend(self) -> bool:
+        self._append(np.concatenate([self._window(d) for d in range(self.day, self.day + self.days)], axis=1))
+        self.day += self.days
+        self.horizon = self.peak_at + (self.day - 0.5) * self.period
+        return True
+
+
+class Trace(OnlineProcess):
+    """Online spans read from a file (see the module doc)."""
+
+    def __init__(self, n: int, spans: np.ndarray):
+        super().__init__(n)
+        rows: list[list[float]] = [[] for _ in range(n)]
+        order = np.lexsort((spans[:, 1], spans[:, 0]))
+        for node, start, end in spans[order].tolist():
+            row = rows[int(node)]
+            if row and start <= row[-1]:  # overlaps (or touches) the previous span: join them
+                row[-1] = max(row[-1], end)
+            else:
+                row += [start, end]
+        k = max((len(r) for r in rows), default=0)
+        self.toggles = np.full((n, k), np.inf)
+        for i, r in enumerate(rows):
+            self.toggles[i, :len(r)] = r
+        self.horizon = math.inf
+
+
+def read_trace(path, n: int) -> np.ndarray:
+    """[k, 3] (node, start, end) rows of a trace file; ValueError naming availability.path."""
+    shown = repr(str(path))
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise ValueError(f"availability.path: no such file {shown}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"availability.path {shown} is not a readable text file ({type(err).__name__})") from None
+    spans, header_allowed = [], True
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        try:
+            if len(cells) != 3:
+                raise ValueError
+            node, start, end = int(cells[0]), float(cells[1]), float(cells[2])
+        except ValueError:
+            if header_allowed and not cells[0].lstrip("-").isdigit():
+                header_allowed = False
+                continue  # a header line
+            raise ValueError(f"availability.path {shown} line {lineno}: expected 'node,start,end' "
+                             f"(an integer and two numbers of seconds), got {line[:60]!r}") from None
+        header_allowed = False
+        if not 0 <= node < n:
+            raise ValueError(f"availability.path {shown} line {lineno} names node {node}, but the scenario has "
+                             f"nodes 0..{n - 1}")
+        if not (math.isfinite(start) and start >= 0 and (end > start)) or math.isnan(end):
+            raise ValueError(f"availability.path {shown} line {lineno}: a span needs 0 <= start < end "
+                             f"(end may be inf), got start={start:g}, end={end:g}")
+        spans.append((node, start, end))
+    if not spans:
+        raise ValueError(f"availability.path {shown} holds no 'node,start,end' spans")
+    return np.asarray(spans, dtype=np.float64)
+
+
+def _number(spec: Mapping, key: str, default: float, low: float, high: float, what: str) -> float:
+    v = spec.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high or math.isnan(v):
+        raise ValueError(f"availability.{key} must be {what}, got {v!r}")
+    return float(v)
+
+
+def _durations(spec: Mapping, prefix: str) -> tuple[Distribution, Distribution]:
+    out = []
+    for key in ("on", "off"):
+        try:
+            d = Distribution.from_spec(spec.get(key, _SESSIONS[key]))
+        except ValueError as err:
+            raise ValueError(f"{prefix}.{key}: {err}") from None
+        if not d.always_positive or not math.isfinite(expected(d)):
+            raise ValueError(f"{prefix}.{key} must be a finite number of seconds > 0 for every span "
+                             "(check its value or low)")
+        out.append(d)
+    return out[0], out[1]
+
+
+def check_spec(spec, prefix: str = "availability") -> dict | None:
+    """The spec as a plain dict (None: always online); ValueError naming the bad key."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{prefix} must be a mapping such as {{kind: sessions}} or null, got {spec!r}")
+    spec = {str(k): v for k, v in spec.items()}
+    kind = spec.get("kind", "sessions" if prefix != "availability" else None)
+    if prefix != "availability":  # link failures: sessions only
+        unknown = sorted(set(spec) - {"kind", "on", "off"})
+        if unknown or kind != "sessions":
+            raise ValueError(f"{prefix} takes on and off (span distributions, seconds); got "
+                             f"{', '.join(unknown) or 'kind=' + repr(kind)}")
+        _durations(spec, prefix)
+        return spec
+    if kind not in KINDS:
+        raise ValueError(f"availability.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    unknown = sorted(set(spec) - _KEYS[kind] - {"kind", "messages"})
+    if unknown:
+        raise ValueError(f"availability: unknown key(s) {', '.join(unknown)} for kind {kind}; valid: "
+                         f"{', '.join(sorted(_KEYS[kind] | {'kind', 'messages'}))}")
+    if spec.get("messages", "drop") not in MESSAGES:
+        raise ValueError(f"availability.messages must be one of {', '.join(MESSAGES)}, got {spec.get('messages')!r}")
+    if kind == "sessions":
+        _durations(spec, prefix)
+    elif kind == "diurnal":
+        peak = _number(spec, "peak", 0.8, 0, 1, "a share in [0, 1]")
+        trough = _number(spec, "trough", 0.1, 0, 1, "a share in [0, 1]")
+        if trough > peak:
+            raise ValueError(f"availability.trough ({trough:g}) must be at most availability.peak ({peak:g})")
+        _number(spec, "period", 86400.0, 1e-9, 1e12, "a finite number of seconds > 0")
+        _number(spec, "peak_at", 0.0, -1e12, 1e12, "a finite number of seconds")
+    elif not isinstance(spec.get("path"), (str, os.PathLike)):
+        raise ValueError(f"availability.path must name a CSV file of node,start,end lines, got {spec.get('path')!r}")
+    return spec
+
+
+def build(spec, n: int, seed: int) -> OnlineProcess | None:
+    """The nodes' process for a checked spec (None: always online)."""
+    spec = check_spec(spec)
+    if spec is None:
+        return None
+    kind = spec["kind"]
+    if kind == "sessions":
+        proc = Sessions(np.arange(n), seed, *_durations(spec, "availability"))
+    elif kind == "diurnal":
+        proc = Diurnal(n, seed, float(spec.get("peak", 0.8)), float(spec.get("trough", 0.1)),
+                       float(spec.get("period", 86400.0)), float(spec.get("peak_at", 0.0)))
+    else:
+        proc = Trace(n, read_trace(spec["path"], n))
+    proc.messages = spec.get("messages", "drop")
+    return proc
+
+
+def link_sessions(spec, pairs: np.ndarray, n: int, seed: int) -> Sessions | None:
+    """Failing and recovering links: sessions over undirected pairs [E, 2] (u < v), keyed by
+    the pair, so a link keeps its process when a dynamic graph redraws around it."""
+    spec = check_spec(spec, "topology.failures")
+    if spec is None:
+        return None
+    return Sessions(pairs[:, 0] * n + pairs[:, 1], seed, *_durations(spec, "topology.failures"))
