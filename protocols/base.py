@@ -148,6 +148,23 @@ class Protocol:
         """The protocol's own metrics.csv columns (keys: `columns`)."""
         return {}
 
+    def server_message(self, kind: str, t: float, nodes: np.ndarray, counter, **payload) -> None:
+        """A model between the server and each node (kind "download": to them; else from them),
+        arriving as event `kind` after the node's server link delay. A lost message (World.transmit)
+        arrives as event "lost" at the time it would have arrived: the server learns of it then,
+        so a client lost again and again cannot hold the clock at one instant."""
+        arrive = t + self.world.server_delay(nodes, self.model_bytes)
+        if self.world.faulty:
+            server = np.full_like(nodes, -1)
+            src, dst = (server, nodes) if kind == "download" else (nodes, server)
+            ok, when = self.world.transmit(src, dst, t, arrive, np.broadcast_to(counter, nodes.shape))
+            payload = {k: np.broadcast_to(v, nodes.shape) for k, v in payload.items()}
+            self.lost += int((~ok).sum())
+            self.engine.schedule("lost", arrive[~ok], nodes[~ok], **{k: v[~ok] for k, v in payload.items()})
+            nodes, arrive = nodes[ok], when[ok]
+            payload = {k: v[ok] for k, v in payload.items()}
+        self.engine.schedule(kind, arrive, nodes, **payload)
+
     def fault_metrics(self, t: float) -> dict[str, float]:
         """The fault columns of metrics.csv, when the scenario has faults."""
         out = {"messages_lost": float(self.lost), "dropouts": float(self.dropouts)}

@@ -81,6 +81,7 @@ class FedAvg(Protocol):
         e.on("train_done", self._train_done, Priority.TRAINED)
         e.on("upload", self._upload, Priority.RECEIVE)
         e.on("deadline", self._deadline, Priority.DEADLINE)
+        e.on("lost", self._lost, Priority.RECEIVE)
         self.global_model = self.fleet.params[0].clone()
         self.round = 0
         self.dropped = 0
@@ -93,9 +94,6 @@ class FedAvg(Protocol):
 
     def extra_metrics(self):
         return {"clients_dropped": float(self.dropped)}
-
-    def _delay(self, nodes):
-        return self.world.server_delay(nodes, self.model_bytes)
 
     def _round_start(self, t, nodes, payload):
         n = self.fleet.n
@@ -123,7 +121,7 @@ class FedAvg(Protocol):
         self.weight = 0.0
         self.open = True
         self.bytes_sent += len(self.selected) * self.model_bytes
-        self._transfer("download", t, self.selected, 2 * self.round)
+        self.server_message("download", t, self.selected, 2 * self.round, round=self.round)
         if self.cfg.deadline is not None:
             self.engine.schedule("deadline", t + self.cfg.deadline, -1, round=self.round)
 
@@ -131,17 +129,9 @@ class FedAvg(Protocol):
         """Which events of a wave belong to the open round (late ones from closed rounds don't)."""
         return (payload["round"] == self.round) & self.open
 
-    def _transfer(self, kind: str, t: float, nodes: np.ndarray, counter: int, **payload) -> None:
-        """Send the round's models to (download) or from (upload) the nodes; lost ones drop out."""
-        arrive = t + self._delay(nodes)
-        if self.world.faulty:
-            src, dst = (np.full_like(nodes, -1), nodes) if kind == "download" else (nodes, np.full_like(nodes, -1))
-            ok, arrive = self.world.transmit(src, dst, t, arrive, np.full_like(nodes, counter))
-            self.lost += int((~ok).sum())
-            self._drop_out(t, int((~ok).sum()))
-            nodes, arrive = nodes[ok], arrive[ok]
-            payload = {k: v[ok] for k, v in payload.items()}
-        self.engine.schedule(kind, arrive, nodes, round=self.round, **payload)
+    def _lost(self, t, nodes, payload):
+        """Downloads and uploads of the open round that were lost: those clients drop out."""
+        self._drop_out(t, int(self._current(payload).sum()))
 
     def _drop_out(self, t: float, k: int) -> None:
         if k:
@@ -165,7 +155,7 @@ class FedAvg(Protocol):
             self._drop_out(t, int((~stayed).sum()))
         self.fleet.train(nodes, start)  # a client trains on the rows it held when training began
         self.bytes_sent += len(nodes) * self.model_bytes
-        self._transfer("upload", t, nodes, 2 * self.round + 1, start=start)
+        self.server_message("upload", t, nodes, 2 * self.round + 1, round=self.round, start=start)
 
     def _upload(self, t, nodes, payload):
         keep = self._current(payload)

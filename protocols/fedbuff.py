@@ -112,6 +112,7 @@ class FedBuff(Protocol):
         e.on("train_done", self._train_done, Priority.TRAINED)
         e.on("upload", self._upload, Priority.RECEIVE)
         e.on("refill", self._refill_event, Priority.ROUND)
+        e.on("lost", self._lost, Priority.RECEIVE)
         self.global_model = self.fleet.params[0].clone()
         self.version = 0
         self.snapshots = {0: self.global_model}  # versions some client still trains from
@@ -138,9 +139,6 @@ class FedBuff(Protocol):
                 "staleness_max": float(s.max()) if len(s) else 0.0,
                 "updates": float(self.updates), "clients_dropped": float(self.dropped)}
 
-    def _delay(self, nodes):
-        return self.world.server_delay(nodes, self.model_bytes)
-
     # dispatch: keep `concurrency` online clients training
     def _refill(self, t: float) -> None:
         want = self.concurrency - int(self.busy.sum())
@@ -162,23 +160,14 @@ class FedBuff(Protocol):
         self.from_version[chosen] = self.version
         self.snapshots.setdefault(self.version, self.global_model)
         self.bytes_sent += len(chosen) * self.model_bytes
-        self._transfer("download", t, chosen, 2 * self.jobs[chosen], version=self.version, start=t)
+        self.server_message("download", t, chosen, 2 * self.jobs[chosen], version=self.version, start=t)
 
     def _refill_event(self, t, nodes, payload):
         self._refill_at = math.inf
         self._refill(t)
 
-    def _transfer(self, kind: str, t: float, nodes: np.ndarray, counter, **payload) -> None:
-        arrive = t + self._delay(nodes)
-        if self.world.faulty:
-            server = np.full_like(nodes, -1)
-            src, dst = (server, nodes) if kind == "download" else (nodes, server)
-            ok, arrive = self.world.transmit(src, dst, t, arrive, np.broadcast_to(counter, nodes.shape))
-            self.lost += int((~ok).sum())
-            self._drop_out(t, nodes[~ok])
-            nodes, arrive = nodes[ok], arrive[ok]
-            payload = {k: np.broadcast_to(v, ok.shape)[ok] for k, v in payload.items()}
-        self.engine.schedule(kind, arrive, nodes, **payload)
+    def _lost(self, t, nodes, payload):
+        self._drop_out(t, nodes)
 
     def _drop_out(self, t: float, nodes: np.ndarray) -> None:
         if len(nodes):
@@ -208,7 +197,7 @@ class FedBuff(Protocol):
         nodes = nodes[keep]
         self.fleet.train(nodes, payload["trained_from"][keep])
         self.bytes_sent += len(nodes) * self.model_bytes
-        self._transfer("upload", t, nodes, 2 * self.jobs[nodes] + 1,
+        self.server_message("upload", t, nodes, 2 * self.jobs[nodes] + 1,
                        version=payload["version"][keep], start=payload["start"][keep],
                        trained_from=payload["trained_from"][keep])
 
