@@ -9,6 +9,7 @@ held to the same contract.
 """
 import csv
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import toy_protocol  # noqa: F401  (registers trimmed_gossip)
 from scenarios import resolve
 from simulator import run
 
+TRACE = Path(__file__).with_name("online_trace.csv")  # nine nodes' online spans over 3 simulated seconds
 # a protocol with modes that run differently joins once per mode ("name:mode"); some need an
 # option or two to make three rounds of nine nodes a fair test
 MODES = {"m2n2:decentralized": ["protocol.mode=decentralized"]}
@@ -48,6 +50,8 @@ MODES.update({"ihomer:local": ["protocol.mode=local"], "ihomer:decentralized": [
               "gossip:async_dynamic": ["protocol.mode=async", "protocol.round_time=0.2",
                                        "topology.dynamic={every:0.3,kind:random_regular}", "protocol.merge_on=timeout",
                                        "protocol.timeout=0.1", "availability={kind:diurnal,period:1.0,messages:hold}"],
+              "gossip:trace": [f"availability={{kind:trace,path:{TRACE}}}", "protocol.merge_on=timeout",
+                               "protocol.timeout=0.05"],
               "vc_gossip:churn": ["availability={kind:sessions,on:0.3,off:0.2,messages:hold}", "topology.loss=0.1",
                                   "topology.dynamic={every:0.2}"]})
 NAMES = protocols.names() + list(MODES)
