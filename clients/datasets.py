@@ -163,9 +163,6 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, split: str = "stratif
     rest test, unshuffled: the M2N2 paper's split). pixels: `unit` (scaled to [0, 1]) or `raw`
     (the values 0..16 as stored).
     """
-    from sklearn.datasets import load_digits as _sk_digits
-    from sklearn.model_selection import train_test_split
-
     _check_fraction(test_fraction)
     n_test = math.ceil(test_fraction * _DIGITS_SAMPLES)  # how scikit-learn rounds
     too_few = (f"data.test_fraction={test_fraction} leaves fewer than {_DIGITS_CLASSES} digits on one side of "
@@ -176,18 +173,51 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, split: str = "stratif
         raise DataError(f"data.split must be stratified or ordered, got {split!r}")
     if pixels not in ("unit", "raw"):
         raise DataError(f"data.pixels must be unit or raw, got {pixels!r}")
-    digits = _sk_digits()
-    X = (digits.data / (16.0 if pixels == "unit" else 1.0)).astype(np.float32)
-    y = digits.target.astype(np.int64)
+    with np.load(os.path.join(os.path.dirname(__file__), "digits.npz")) as f:  # scikit-learn's copy (a test checks)
+        X = (f["pixels"] / (16.0 if pixels == "unit" else 1.0)).astype(np.float32)
+        y = f["labels"].astype(np.int64)
     if split == "ordered":
         n_train = _DIGITS_SAMPLES - n_test
         return Dataset("digits", X[:n_train], y[:n_train], X[n_train:], y[n_train:], n_classes=_DIGITS_CLASSES,
                        image_shape=(1, 8, 8))
-    try:
-        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, stratify=y, random_state=seed)
-    except ValueError:  # a rounding edge the check above missed
-        raise DataError(too_few) from None
-    return Dataset("digits", X_tr, y_tr, X_te, y_te, n_classes=_DIGITS_CLASSES, image_shape=(1, 8, 8))
+    train, test = stratified_split(y, n_test, seed)
+    if min(len(np.unique(y[train])), len(np.unique(y[test]))) < _DIGITS_CLASSES:  # a rounding edge
+        raise DataError(too_few)
+    return Dataset("digits", X[train], y[train], X[test], y[test], n_classes=_DIGITS_CLASSES, image_shape=(1, 8, 8))
+
+
+def _share_out(counts: np.ndarray, total: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `total` draws each class gets: its proportional share rounded down, the rest
+    one each to the classes with the largest remainders (ties drawn at random)."""
+    exact = counts / counts.sum() * total
+    out = np.floor(exact)
+    left = int(total - out.sum())
+    rest = exact - out
+    for r in np.sort(np.unique(rest))[::-1]:
+        if left <= 0:
+            break
+        tied = np.flatnonzero(rest == r)
+        pick = rng.choice(tied, size=min(len(tied), left), replace=False)
+        out[pick] += 1
+        left -= len(pick)
+    return out.astype(int)
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of a shuffled split that keeps each class's share on both sides:
+    the same indices as scikit-learn's train_test_split(..., stratify=y, random_state=seed) with
+    test_size=n_test (a test checks it), without importing scikit-learn at start-up."""
+    rng = np.random.RandomState(seed)
+    _, of_class, counts = np.unique(y, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(of_class, kind="stable"), np.cumsum(counts)[:-1])
+    to_train = _share_out(counts, len(y) - n_test, rng)
+    to_test = _share_out(counts - to_train, n_test, rng)
+    train, test = [], []
+    for rows, a, b in zip(members, to_train, to_test):
+        rows = rows.take(rng.permutation(len(rows)), mode="clip")
+        train.extend(rows[:a])
+        test.extend(rows[a:a + b])
+    return rng.permutation(train), rng.permutation(test)
 
 
 def load_synthetic(

@@ -32,7 +32,7 @@ from clients.datasets import DataError
 from clients.partition import PartitionError
 from protocols import ProtocolError
 from scenarios import SCENARIOS, ConfigError, compose, resolve
-from scenarios.schema import GROUPS, ensure_option, explain, group_choices, open_overrides
+from scenarios.schema import GROUPS, ensure_option, explain, group_choices, open_overrides, options
 from simulator.metrics import write_json
 from simulator.run import Interrupted, RunWarning, one_line, run, sigterm_raises, summary_line
 from topologies import TopologyError
@@ -154,8 +154,40 @@ def main() -> None:
             os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
+HELP = """murmur: simulate federated and decentralized learning (see the README for every key).
+
+    murmur [group=option ...] [key=value ...]      one run
+    murmur -m key=a,b,c ...                       a sweep: one run per combination
+
+== Configuration groups ==
+Compose your configuration from those groups (group=option)
+
+{groups}
+
+== Config ==
+Override anything in the config (foo.bar=value)
+
+{config}
+Use --hydra-help to view Hydra specific help
+"""
+
+
+def print_help(args: list[str]) -> None:
+    """`murmur --help`: the groups and the composed config (of these overrides). Hydra's own
+    help copies its whole config repository once per group option, seconds on this config."""
+    cfg = compose(first_job(overrides_of([a for a in args if a not in ("--help", "-h")])))
+    groups = {g: sorted(options(g)) for g in GROUPS}
+    for folder in ("arm", "experiment"):
+        groups[folder] = sorted(p.stem for p in (SCENARIOS / folder).glob("*.yaml"))
+    lines = "\n".join(f"{g}: {', '.join(v)}" for g, v in sorted(groups.items()))
+    print(HELP.format(groups=lines, config=OmegaConf.to_yaml(cfg)), end="")
+
+
 def _main(args: list[str]) -> None:
     try:
+        if "--help" in args or "-h" in args:
+            print_help(args)
+            return
         check_overrides(args)
         sys.argv[1:] = open_overrides(args)  # what Hydra's own composition reads
         _app()

@@ -73,3 +73,13 @@ def test_run_and_sweep_write_their_outputs(tmp_path):
     assert combos == {("fedavg", 0), ("fedavg", 1), ("gossip", 0), ("gossip", 1)}
     assert p.stdout.count("murmur: completed: ") == 4  # one summary line per job
     assert p.stdout.strip().splitlines()[-1] == "murmur: sweep: all 4 jobs completed"
+
+
+def test_help_lists_the_groups_and_the_config_of_the_overrides(tmp_path):
+    p = murmur("protocol=gossip", "--help", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "protocol: fedasync, fedavg, fedbuff, gossip, ihomer, m2n2, vc_gossip" in p.stdout
+    assert "experiment: m2n2_digits" in p.stdout and "nodes: 100" in p.stdout
+    assert "protocol:\n  name: gossip\n  beta: 0.5" in p.stdout
+    bad = murmur("protocol=nope", "--help", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("murmur: error: unknown protocol 'nope'")

@@ -529,3 +529,26 @@ def test_any_npz_loads_soundly_or_is_one_data_error(case):
     else:
         for y in (d.y_train, d.y_test):
             assert y.dtype == np.uint8 and y.shape[1] == d.n_classes and set(np.unique(y)) <= {0, 1}
+
+
+def test_bundled_digits_are_scikit_learns_and_so_is_the_split():
+    """The digits load from a bundled array file and split without importing scikit-learn at
+    start-up; both equal scikit-learn's (its copy of the data, train_test_split with stratify)."""
+    import math
+
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    from clients.datasets import load_digits, stratified_split
+
+    ref = sk_digits()
+    ours = load_digits(0.2, seed=0, split="ordered", pixels="raw")
+    np.testing.assert_array_equal(np.concatenate([ours.X_train, ours.X_test]), ref.data.astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([ours.y_train, ours.y_test]), ref.target)
+    idx = np.arange(len(ref.target))
+    for seed in (0, 1, 7, 12345):
+        for frac in (0.006, 0.2, 0.5, 0.994):
+            tr, te = train_test_split(idx, test_size=frac, stratify=ref.target, random_state=seed)
+            got = stratified_split(ref.target, math.ceil(frac * len(idx)), seed)
+            np.testing.assert_array_equal(got[0], tr)
+            np.testing.assert_array_equal(got[1], te)
