@@ -40,6 +40,7 @@ MESSAGES = ("drop", "hold")
 _KEYS = {"sessions": {"on", "off"}, "diurnal": {"peak", "trough", "period", "peak_at"}, "trace": {"path"}}
 _SESSIONS = {"on": {"kind": "exponential", "mean": 600.0}, "off": {"kind": "exponential", "mean": 300.0}}
 _MAX_EXTENSIONS = 256  # how far ahead next_online looks for a node that is offline for good
+_MAX_BYTES = 4 * 2**30  # toggle times kept: beyond this the spans are far too short for the run
 
 
 def expected(dist: Distribution) -> float:
@@ -56,11 +57,14 @@ def expected(dist: Distribution) -> float:
 
 
 class OnlineProcess:
-    """Online spans of `n` items as padded, sorted toggle times [n, K] (+inf pads a row)."""
+    """Online spans of `n` items: the state at -inf (`initial`) and the sorted toggle times
+    after it [n, K] (+inf pads the end of a row). Two toggles at one time cancel (a day without
+    a window, or two windows that touch): queries see through them."""
     messages = "drop"
 
     def __init__(self, n: int):
         self.n = n
+        self.initial = np.zeros(n, dtype=bool)
         self.toggles = np.empty((n, 0))
         self.horizon = -math.inf  # every toggle before it is known
 
@@ -69,13 +73,18 @@ class OnlineProcess:
         return False
 
     def _append(self, columns: np.ndarray) -> None:
-        self.toggles = np.sort(np.concatenate([self.toggles, columns], axis=1), axis=1)
+        """New toggles, each row's no earlier than its last (so rows stay sorted as they grow)."""
+        self.toggles = np.concatenate([self.toggles, columns], axis=1)
+        if self.toggles.nbytes > _MAX_BYTES:
+            raise ValueError(f"availability: {self.toggles.shape[1]:,} on/off changes per node so far "
+                             f"({self.toggles.nbytes / 1e9:.1f} GB): the spans are very short for this run's "
+                             "length; lengthen availability.on/off (or period), or run fewer rounds")
 
     def _ensure(self, t: float) -> None:
         while self.horizon <= t and self._extend():
             pass
 
-    def _count(self, items: np.ndarray, t) -> np.ndarray:
+    def _index(self, items: np.ndarray, t) -> np.ndarray:
         """How many toggles of each item lie at or before t (a scalar or one time per item)."""
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), np.shape(items))
         if len(items) == 0:
@@ -88,28 +97,53 @@ class OnlineProcess:
     def online(self, items, t) -> np.ndarray:
         """bool: is each item online at t?"""
         items = np.asarray(items, dtype=np.int64)
-        return self._count(items, t) % 2 == 1
+        return (self._index(items, t) % 2 == 1) ^ self.initial[items]
+
+    def _pairs_from(self, items: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """[m, K // 2 + 1] bool: for each item, is the toggle pair (start + 2p, start + 2p + 1)
+        a cancelling one (both at one time)? Pairs beyond the row read False."""
+        k = self.toggles.shape[1]
+        p = np.arange(k // 2 + 1)
+        j = start[:, None] + 2 * p[None, :]
+        inside = j + 1 < k
+        a = np.take_along_axis(self.toggles[items], np.minimum(j, k - 1), axis=1) if k else np.zeros(j.shape)
+        b = np.take_along_axis(self.toggles[items], np.minimum(j + 1, k - 1), axis=1) if k else np.zeros(j.shape)
+        return inside & (a == b) & np.isfinite(a)
 
     def online_through(self, items, t0, t1) -> np.ndarray:
         """bool: is each item online at t0 and without a break up to t1 (t1 >= t0)?"""
         items = np.asarray(items, dtype=np.int64)
-        c0 = self._count(items, t0)
-        return (c0 % 2 == 1) & (self._count(items, t1) == c0)
+        i0, i1 = self._index(items, t0), self._index(items, t1)
+        up = (i0 % 2 == 1) ^ self.initial[items]
+        changed = np.flatnonzero(up & (i1 != i0))
+        if len(changed):  # only cancelling pairs in between keep it online
+            cancel = self._pairs_from(items[changed], i0[changed])
+            pairs = (i1[changed] - i0[changed]) // 2
+            odd = (i1[changed] - i0[changed]) % 2 == 1
+            first_real = np.where(cancel.all(axis=1), cancel.shape[1], np.argmin(cancel, axis=1))
+            up[changed] = ~odd & (first_real >= pairs)
+        return up
 
     def next_online(self, items, t) -> np.ndarray:
         """The first time >= t at which each item is online (+inf: never)."""
         items = np.asarray(items, dtype=np.int64)
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), items.shape).copy()
         for _ in range(_MAX_EXTENSIONS):
-            c = self._count(items, t)
-            out = np.where(c % 2 == 1, t, np.inf)
-            off = c % 2 == 0
+            i = self._index(items, t)
+            out = t.copy()
+            off = np.flatnonzero((i % 2 == 1) == self.initial[items])
+            if len(off) == 0:
+                return out
+            # the first toggle pair from here that is not a cancelling one turns the item on
+            cancel = self._pairs_from(items[off], i[off])
+            first = np.argmin(cancel, axis=1)  # all cancelling: argmin 0, caught below by the index bound
+            j = i[off] + 2 * first
             k = self.toggles.shape[1]
-            nxt = np.full(len(items), np.inf)
-            has = off & (c < k)
-            nxt[has] = self.toggles[items[has], c[has]]
-            out[off] = nxt[off]
-            if not np.any(off & (out > self.horizon)) or not self._extend():
+            when = np.full(len(off), np.inf)
+            ok = (j < k) & ~cancel.all(axis=1)
+            when[ok] = self.toggles[items[off][ok], j[ok]]
+            out[off] = when
+            if not np.any(when[:] > self.horizon) or not self._extend():
                 return out
         return out
 
@@ -126,11 +160,8 @@ class Sessions(OnlineProcess):
         self.keys = torch.as_tensor(np.asarray(keys, dtype=np.int64))
         self.seed, self.on, self.off, self.chunk = seed, on, off, chunk
         share = expected(on) / (expected(on) + expected(off))
-        first = counter_uniform(seed, self.keys, torch.zeros((), dtype=torch.long)).numpy() < share
-        # online from the start: one toggle at -inf; offline: a pair that cancels
-        self.toggles = np.where(first[:, None], [[-np.inf, np.inf]], [[-np.inf, -np.inf]])
-        self.toggles = np.sort(self.toggles, axis=1)
-        self.state = first.copy()  # the state after each item's last drawn toggle
+        self.initial = counter_uniform(seed, self.keys, torch.zeros((), dtype=torch.long)).numpy() < share
+        self.state = self.initial.copy()  # the state after each item's last drawn toggle
         self.clock = np.zeros(self.n)  # the time of that toggle
         self.drawn = 0
 
@@ -162,19 +193,18 @@ class Diurnal(OnlineProcess):
         self.nodes = torch.arange(n)
 
     def _window(self, day: int) -> np.ndarray:
-        """[n, 2] each node's online window of `day` (+inf, +inf where it stays offline)."""
+        """[n, 2] each node's online window of `day`: two equal times (they cancel) where it
+        stays offline; a whole day ends where the next begins (those cancel too)."""
         u = counter_uniform(self.seed, self.nodes, torch.tensor(day)).numpy()
         span = self.peak - self.trough
         if span > 0:
             c = 2 * (u - self.trough) / span - 1
             half = np.where(c <= -1, 0.5, np.arccos(np.clip(c, -1, 1)) / (2 * math.pi))
-            half = np.where(c >= 1, -1.0, half)
+            half = np.where(c >= 1, 0.0, half)
         else:
-            half = np.where(u < self.peak, 0.5, -1.0)
+            half = np.where(u < self.peak, 0.5, 0.0)
         centre = self.peak_at + day * self.period
-        start, end = centre - half * self.period, centre + half * self.period
-        empty = half <= 0
-        return np.stack([np.where(empty, np.inf, start), np.where(empty, np.inf, end)], axis=1)
+        return np.stack([centre - half * self.period, centre + half * self.period], axis=1)
 
     def _extend(self) -> bool:
         self._append(np.concatenate([self._window(d) for d in range(self.day, self.day + self.days)], axis=1))

@@ -292,3 +292,30 @@ def test_clipped_gossip_resists_sign_flip():
     plain = run(overrides=ov).metrics[-1]["accuracy_mean"]
     clipped = run(overrides=[*ov, "protocol.aggregator=clipped", "protocol.clip_tau=0.5"]).metrics[-1]["accuracy_mean"]
     assert clipped > plain + 0.15
+
+
+def test_windows_that_touch_or_vanish_are_seen_through():
+    # trough 1: every node online all day, every day; the day boundaries are no break
+    always = av.build({"kind": "diurnal", "peak": 1.0, "trough": 1.0, "period": 10.0}, 5, 0)
+    nodes = np.arange(5)
+    assert always.online_through(nodes, 0.0, 95.0).all() and always.online(nodes, 5.0).all()
+    # peak 0: never online, and next_online says so
+    never = av.build({"kind": "diurnal", "peak": 0.0, "trough": 0.0, "period": 10.0}, 3, 0)
+    assert not never.online(np.arange(3), 7.0).any()
+    assert np.isinf(never.next_online(np.arange(3), 0.0)).all()
+    # a node offline on some days comes back at the start of its next window, not at an empty day
+    some = av.build({"kind": "diurnal", "peak": 0.5, "trough": 0.0, "period": 10.0}, 200, 1)
+    t = np.full(200, 3.0)
+    back = some.next_online(np.arange(200), t)
+    assert np.all(back >= 3.0)
+    assert some.online(np.arange(200), back).all()
+    assert not np.any([some.online(np.array([i]), back[i] - 1e-6)[0] for i in range(200) if back[i] > 3.0])
+
+
+def test_sessions_online_through_matches_a_dense_check():
+    proc = av.Sessions(np.arange(50), 5, Distribution("exponential", mean=1.0), Distribution("exponential", mean=0.5))
+    grid = np.linspace(0, 30, 3001)
+    state = np.stack([proc.online(np.arange(50), g) for g in grid], axis=1)  # [50, 3001]
+    for a, b in [(0, 100), (250, 900), (1000, 1003), (2000, 3000)]:
+        dense = state[:, a:b + 1].all(axis=1)
+        np.testing.assert_array_equal(proc.online_through(np.arange(50), grid[a], grid[b]), dense)
