@@ -23,7 +23,8 @@ class Fleet:
         self.device = data.device
         self.train_cfg = data.train_cfg
         self.params = initial.to(self.device, torch.float32)
-        self.momentum = torch.zeros_like(self.params)
+        # no momentum buffer without momentum (SGD never reads it): one [N, P] copy less
+        self.momentum = torch.zeros_like(self.params) if self.train_cfg.momentum else self.params.new_zeros(self.n, 0)
         self.step_counter = torch.zeros(self.n, dtype=torch.long, device=self.device)
         self.last_loss = torch.full((self.n,), float("nan"), dtype=torch.float64, device=self.device)
         self.prequential = Prequential(data) if prequential else None

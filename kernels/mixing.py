@@ -30,6 +30,14 @@ def gossip_merge(own: torch.Tensor, received_sum: torch.Tensor, received_count: 
     return beta * own + (1.0 - beta) * mean
 
 
+def gossip_merge_(own: torch.Tensor, received_sum: torch.Tensor, received_count: torch.Tensor,
+                  beta: float) -> torch.Tensor:
+    """gossip_merge in place: overwrites both inputs (fresh copies the caller owns) and returns
+    `own`, the same numbers with no [n, P] temporaries (the merge's memory peak at scale)."""
+    received_sum.div_(received_count.to(own.dtype).view(-1, 1)).mul_(1.0 - beta)
+    return own.mul_(beta).add_(received_sum)
+
+
 def consensus_distance(params: torch.Tensor) -> float:
     """Mean squared distance of the rows from their mean: (1/N) sum_i ||x_i - x_bar||^2."""
     return float(params.var(0, unbiased=False).sum())  # the same sum, one pass per column

@@ -41,6 +41,7 @@ import torch
 
 from clients.profiles import Distribution
 from kernels import gossip_merge, robust, sum_rows_into
+from kernels.mixing import gossip_merge_
 from kernels.random import counter_uniform, derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
 from protocols.fedavg import check_robust_options
@@ -462,7 +463,11 @@ class Gossip(Protocol):
         """Merge the nodes' buffered models into their own."""
         received, count = self.mailbox.take(nodes)
         idx = torch.as_tensor(nodes, device=self.fleet.device)
-        self.fleet.set_params(nodes, self.merge(self.fleet.params[idx], received, count))
+        if type(self).merge is Gossip.merge and getattr(self.cfg, "aggregator", "mean") == "mean":  # in place
+            merged = gossip_merge_(self.fleet.params[idx], received, count, self.cfg.beta)
+        else:
+            merged = self.merge(self.fleet.params[idx], received, count)
+        self.fleet.set_params(nodes, merged)
         self.merges += len(nodes)
 
     def merge(self, own: torch.Tensor, received: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
