@@ -122,12 +122,21 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         bar = tqdm(total=cfg.rounds, desc=f"{cfg.protocol.name} x{cfg.nodes}", unit="round", leave=False)
 
     first_loss = []  # the initial models' mean test loss (at least 1): the yardstick of eval.diverged_loss
+    evaluated = {"models": 0, "of": 0, "test_samples": 0, "wall_s": 0.0}  # what an evaluation covers, its cost
 
     def evaluate(r: int, t: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            _evaluate(r, t)
+        finally:
+            evaluated["wall_s"] += time.perf_counter() - t0
+
+    def _evaluate(r: int, t: float) -> None:
         models = protocol.models()
         ok = torch.isfinite(models.sum(dim=1))  # NaN/inf anywhere in a row (or values near float32's max)
         which = None if eval_nodes is None or len(models) == 1 else eval_nodes
         rows = models if which is None else models[which]
+        evaluated.update(models=len(rows), of=len(models), test_samples=len(world.test_set[1]))
         scores = protocol.evaluate(rows, which)
         loss = scores["loss"]
         if not first_loss:
@@ -182,7 +191,8 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         if bar is not None:
             bar.close()
         recorder.close({"status": status, "status_detail": detail,
-                        **summarize(cfg, world, protocol, engine, recorder.rows, time.perf_counter() - wall0)})
+                        **summarize(cfg, world, protocol, engine, recorder.rows, time.perf_counter() - wall0,
+                                    evaluated)})
     if status != "completed":
         warnings.warn(f"run {status}: {detail}", RunWarning, stacklevel=2)
     return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().clone())
@@ -216,8 +226,15 @@ def layer_variances(rows: torch.Tensor, layout) -> dict[str, float]:
     return out
 
 
-def summarize(cfg: RunConfig, world: World, protocol, engine: Engine, rows: list[dict], wall: float) -> dict:
+def summarize(cfg: RunConfig, world: World, protocol, engine: Engine, rows: list[dict], wall: float,
+              evaluated: dict | None = None) -> dict:
+    """summary.json. `evaluated`: how many models an evaluation scores (a seeded sample of
+    eval.max_nodes when there are more), of how many, on how many test samples, and the wall
+    seconds all evaluations took (their share of the run is what evaluation costs)."""
     final = rows[-1] if rows else {}
+    ev = dict(evaluated or {})
+    if ev:
+        ev["wall_share"] = ev["wall_s"] / wall if wall > 0 else 0.0
     metrics = world.task.metrics
     return {
         "title": f"{cfg.label + ': ' if cfg.label else ''}{cfg.protocol.name}, {cfg.nodes} nodes, "
@@ -233,6 +250,7 @@ def summarize(cfg: RunConfig, world: World, protocol, engine: Engine, rows: list
         "bytes_sent": protocol.bytes_sent,
         "handler_calls": engine.calls,
         "n_parameters": world.layout.size,
+        "evaluation": ev,
         "seed": cfg.seed,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "networkx": nx.__version__},

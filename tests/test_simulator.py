@@ -108,3 +108,13 @@ def test_lenet_on_a_user_npz_of_28x28_images(tiny, tmp_path):
                 "data.partition=dirichlet", "data.alpha=5", "protocol=vc_gossip", "topology=ring"])
     assert res.summary["n_parameters"] == 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 5010
     assert {"layer4_var_mean", "layer4_var_std"} <= set(res.metrics[-1])
+
+
+def test_the_summary_says_what_an_evaluation_covers_and_costs():
+    from simulator import run as run_
+
+    res = run_(overrides=["protocol=gossip", "nodes=30", "rounds=2", "sim.progress=false", "eval.max_nodes=10",
+                          "topology.degree=4"])
+    ev = res.summary["evaluation"]
+    assert (ev["models"], ev["of"], ev["test_samples"]) == (10, 30, 360)
+    assert 0 < ev["wall_s"] < res.summary["wall_time_s"] and 0 < ev["wall_share"] < 1
