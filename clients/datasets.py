@@ -173,9 +173,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, split: str = "stratif
         raise DataError(f"data.split must be stratified or ordered, got {split!r}")
     if pixels not in ("unit", "raw"):
         raise DataError(f"data.pixels must be unit or raw, got {pixels!r}")
-    with np.load(os.path.join(os.path.dirname(__file__), "digits.npz")) as f:  # scikit-learn's copy (a test checks)
-        X = (f["pixels"] / (16.0 if pixels == "unit" else 1.0)).astype(np.float32)
-        y = f["labels"].astype(np.int64)
+    X, y = _digits_arrays()
+    X = (X / (16.0 if pixels == "unit" else 1.0)).astype(np.float32)
     if split == "ordered":
         n_train = _DIGITS_SAMPLES - n_test
         return Dataset("digits", X[:n_train], y[:n_train], X[n_train:], y[n_train:], n_classes=_DIGITS_CLASSES,
@@ -184,6 +183,20 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, split: str = "stratif
     if min(len(np.unique(y[train])), len(np.unique(y[test]))) < _DIGITS_CLASSES:  # a rounding edge
         raise DataError(too_few)
     return Dataset("digits", X[train], y[train], X[test], y[test], n_classes=_DIGITS_CLASSES, image_shape=(1, 8, 8))
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' pixels (0..16) and labels: the bundled copy of scikit-learn's array (a test
+    checks they are equal), or scikit-learn's own where the file is not shipped (a Flower app
+    bundle carries code and text only)."""
+    path = os.path.join(os.path.dirname(__file__), "digits.npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return f["pixels"], f["labels"].astype(np.int64)
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    return d.data, d.target.astype(np.int64)
 
 
 def _share_out(counts: np.ndarray, total: int, rng: np.random.RandomState) -> np.ndarray:

@@ -552,3 +552,13 @@ def test_bundled_digits_are_scikit_learns_and_so_is_the_split():
             got = stratified_split(ref.target, math.ceil(frac * len(idx)), seed)
             np.testing.assert_array_equal(got[0], tr)
             np.testing.assert_array_equal(got[1], te)
+
+
+def test_digits_without_the_bundled_file_are_the_same(monkeypatch):
+    """A Flower app bundle ships no .npz: the devices read scikit-learn's copy, the same rows."""
+    a = load_digits(0.2, seed=5)
+    real = os.path.exists
+    monkeypatch.setattr(datasets.os.path, "exists", lambda p: False if str(p).endswith("digits.npz") else real(p))
+    b = load_digits(0.2, seed=5)
+    for k in ("X_train", "y_train", "X_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
