@@ -1,8 +1,8 @@
 """Who is online when: per-node (or per-link) online/offline processes, deterministic from the seed.
 
-A process keeps, per item, its sorted toggle times: an item is online at t when an odd number
-of its toggles lie at or before t (every item starts offline; a toggle at -inf means online
-from the start). Queries are batched over items and exact; generated processes are drawn
+A process keeps, per item, its state at -inf and its sorted toggle times after it: the state
+flips at each toggle (two at one time cancel, and queries see through them). Queries are
+batched over items and exact; generated processes are drawn
 lazily, further ahead as queries need them, from counter-based uniforms keyed by (item, span),
 so when a query comes never changes what is drawn.
 
@@ -41,19 +41,6 @@ _KEYS = {"sessions": {"on", "off"}, "diurnal": {"peak", "trough", "period", "pea
 _SESSIONS = {"on": {"kind": "exponential", "mean": 600.0}, "off": {"kind": "exponential", "mean": 300.0}}
 _MAX_EXTENSIONS = 256  # how far ahead next_online looks for a node that is offline for good
 _MAX_BYTES = 4 * 2**30  # toggle times kept: beyond this the spans are far too short for the run
-
-
-def expected(dist: Distribution) -> float:
-    """A distribution's mean."""
-    if dist.kind == "constant":
-        return dist.value
-    if dist.kind == "uniform":
-        return (dist.low + dist.high) / 2
-    if dist.kind == "uniform_int":
-        return (math.ceil(dist.low) + math.floor(dist.high)) / 2
-    if dist.kind == "lognormal":
-        return dist.mean * math.exp(dist.sigma ** 2 / 2)
-    return dist.mean
 
 
 class OnlineProcess:
@@ -159,7 +146,7 @@ class Sessions(OnlineProcess):
         super().__init__(len(keys))
         self.keys = torch.as_tensor(np.asarray(keys, dtype=np.int64))
         self.seed, self.on, self.off, self.chunk = seed, on, off, chunk
-        share = expected(on) / (expected(on) + expected(off))
+        share = on.expected / (on.expected + off.expected)
         self.initial = counter_uniform(seed, self.keys, torch.zeros((), dtype=torch.long)).numpy() < share
         self.state = self.initial.copy()  # the state after each item's last drawn toggle
         self.clock = np.zeros(self.n)  # the time of that toggle
@@ -288,28 +275,27 @@ def _durations(spec: Mapping, prefix: str) -> tuple[Distribution, Distribution]:
             d = Distribution.from_spec(spec.get(key, _SESSIONS[key]))
         except ValueError as err:
             raise ValueError(f"{prefix}.{key}: {err}") from None
-        if not d.always_positive or not math.isfinite(expected(d)):
+        if not d.always_positive or not math.isfinite(d.expected):
             raise ValueError(f"{prefix}.{key} must be a finite number of seconds > 0 for every span "
                              "(check its value or low)")
         out.append(d)
     return out[0], out[1]
 
 
-def check_spec(spec, prefix: str = "availability") -> dict | None:
-    """The spec as a plain dict (None: always online); ValueError naming the bad key."""
+def _mapping(spec, key: str, example: str) -> dict | None:
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{prefix} must be a mapping such as {{kind: sessions}} or null, got {spec!r}")
-    spec = {str(k): v for k, v in spec.items()}
-    kind = spec.get("kind", "sessions" if prefix != "availability" else None)
-    if prefix != "availability":  # link failures: sessions only
-        unknown = sorted(set(spec) - {"kind", "on", "off"})
-        if unknown or kind != "sessions":
-            raise ValueError(f"{prefix} takes on and off (span distributions, seconds); got "
-                             f"{', '.join(unknown) or 'kind=' + repr(kind)}")
-        _durations(spec, prefix)
-        return spec
+        raise ValueError(f"{key} must be a mapping such as {example} or null, got {spec!r}")
+    return {str(k): v for k, v in spec.items()}
+
+
+def check_spec(spec) -> dict | None:
+    """The `availability` spec as a plain dict (None: always online); ValueError naming the key."""
+    spec = _mapping(spec, "availability", "{kind: sessions}")
+    if spec is None:
+        return None
+    kind = spec.get("kind")
     if kind not in KINDS:
         raise ValueError(f"availability.kind must be one of {', '.join(KINDS)}, got {kind!r}")
     unknown = sorted(set(spec) - _KEYS[kind] - {"kind", "messages"})
@@ -319,7 +305,7 @@ def check_spec(spec, prefix: str = "availability") -> dict | None:
     if spec.get("messages", "drop") not in MESSAGES:
         raise ValueError(f"availability.messages must be one of {', '.join(MESSAGES)}, got {spec.get('messages')!r}")
     if kind == "sessions":
-        _durations(spec, prefix)
+        _durations(spec, "availability")
     elif kind == "diurnal":
         peak = _number(spec, "peak", 0.8, 0, 1, "a share in [0, 1]")
         trough = _number(spec, "trough", 0.1, 0, 1, "a share in [0, 1]")
@@ -329,6 +315,19 @@ def check_spec(spec, prefix: str = "availability") -> dict | None:
         _number(spec, "peak_at", 0.0, -1e12, 1e12, "a finite number of seconds")
     elif not isinstance(spec.get("path"), (str, os.PathLike)):
         raise ValueError(f"availability.path must name a CSV file of node,start,end lines, got {spec.get('path')!r}")
+    return spec
+
+
+def check_failures(spec) -> dict | None:
+    """The `topology.failures` spec (links: sessions, on and off only) as a plain dict, or None."""
+    spec = _mapping(spec, "topology.failures", "{on: 600, off: 60}")
+    if spec is None:
+        return None
+    unknown = sorted(set(spec) - {"kind", "on", "off"})
+    if unknown or spec.get("kind", "sessions") != "sessions":
+        raise ValueError(f"topology.failures takes on and off (span distributions, seconds); got "
+                         f"{', '.join(unknown) or 'kind=' + repr(spec.get('kind'))}")
+    _durations(spec, "topology.failures")
     return spec
 
 
@@ -352,7 +351,7 @@ def build(spec, n: int, seed: int) -> OnlineProcess | None:
 def link_sessions(spec, pairs: np.ndarray, n: int, seed: int) -> Sessions | None:
     """Failing and recovering links: sessions over undirected pairs [E, 2] (u < v), keyed by
     the pair, so a link keeps its process when a dynamic graph redraws around it."""
-    spec = check_spec(spec, "topology.failures")
+    spec = check_failures(spec)
     if spec is None:
         return None
     return Sessions(pairs[:, 0] * n + pairs[:, 1], seed, *_durations(spec, "topology.failures"))

@@ -107,6 +107,19 @@ class Distribution:
         return self.mean
 
     @property
+    def expected(self) -> float:
+        """The mean of the draws."""
+        if self.kind == "constant":
+            return self.value
+        if self.kind == "uniform":
+            return (self.low + self.high) / 2
+        if self.kind == "uniform_int":
+            return (math.ceil(self.low) + math.floor(self.high)) / 2
+        if self.kind == "lognormal":
+            return self.mean * math.exp(self.sigma ** 2 / 2)
+        return self.mean
+
+    @property
     def always_positive(self) -> bool:
         """Whether every possible draw is > 0."""
         if self.kind == "constant":

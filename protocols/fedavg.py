@@ -96,26 +96,18 @@ class FedAvg(Protocol):
         return {"clients_dropped": float(self.dropped)}
 
     def _round_start(self, t, nodes, payload):
-        n = self.fleet.n
-        k = max(1, int(round(self.cfg.fraction * n)))
-        pool = None
-        if self.world.availability is not None:
-            pool = np.flatnonzero(self.world.online(np.arange(n), t))
-            if len(pool) == 0:  # nobody online: the round starts when someone is back
-                back = float(self.world.next_online(np.arange(n), t).min())
-                if math.isfinite(back):
-                    self.engine.schedule("round_start", back, -1)
-                return
-            k = min(k, len(pool))
+        everyone = np.arange(self.fleet.n)
+        pool = everyone[self.world.online(everyone, t)]  # the clients online now
+        if len(pool) == 0:  # nobody online: the round starts when someone is back
+            back = float(self.world.next_online(everyone, t).min())
+            if math.isfinite(back):
+                self.engine.schedule("round_start", back, -1)
+            return
+        k = min(max(1, int(round(self.cfg.fraction * len(everyone)))), len(pool))
         self.round += 1
         rng = np.random.default_rng(derive_seed(self.world.seed, "fedavg-select", self.round))
-        if pool is not None and len(pool) < n:
-            self.selected = np.sort(rng.choice(pool, size=k, replace=False)) if k < len(pool) else pool
-        else:
-            self.selected = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
-        self.expected = len(self.selected)
-        self.outstanding = self.expected  # selected clients neither arrived nor dropped out
-        self.received = 0
+        self.selected = np.sort(rng.choice(pool, size=k, replace=False)) if k < len(pool) else pool
+        self.outstanding = len(self.selected)  # selected clients neither arrived nor dropped out
         self.sum = torch.zeros_like(self.global_model, dtype=torch.float64)
         self.kept: list = []  # (nodes, rows, weights) of each upload wave, when the rule needs them
         self.weight = 0.0
@@ -170,7 +162,6 @@ class FedAvg(Protocol):
         else:
             self.sum += w @ rows.double()
         self.weight += float(w.sum())
-        self.received += len(nodes)
         self.outstanding -= len(nodes)
         if self.outstanding == 0:
             self._close(t)
@@ -203,12 +194,7 @@ class FedAvg(Protocol):
         order = np.argsort(nodes, kind="stable")
         rows = torch.cat([k[1] for k in self.kept])[torch.as_tensor(order, device=self.fleet.device)]
         w = torch.cat([k[2] for k in self.kept])[torch.as_tensor(order, device=self.fleet.device)]
-        nodes = nodes[order]
-        attack = self.world.attack
-        if attack is not None:
-            bad = torch.as_tensor(self.world.byzantine[nodes], device=rows.device)
-            rows = attack.apply(rows, bad, self.global_model, derive_seed(self.world.seed, "attack"),
-                                torch.as_tensor(nodes, device=rows.device), self.round)
+        rows = self.world.attacked(rows, nodes[order], self.global_model, self.round)
         return robust_aggregate(self.cfg, rows, w, self.global_model).to(self.global_model.dtype)
 
     def _close(self, t):

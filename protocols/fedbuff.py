@@ -122,7 +122,6 @@ class FedBuff(Protocol):
         self.dispatches = 0
         self.jobs = np.zeros(n, dtype=np.int64)  # how often each client got work: keys its messages' losses
         self.buffer: list = []  # (node, row, weight, staleness) of each update kept
-        self.updates = 0
         self.dropped = 0
         self.last_staleness = np.zeros(0)
         self._refill_at = math.inf
@@ -137,7 +136,7 @@ class FedBuff(Protocol):
         s = self.last_staleness
         return {"staleness_mean": float(s.mean()) if len(s) else 0.0,
                 "staleness_max": float(s.max()) if len(s) else 0.0,
-                "updates": float(self.updates), "clients_dropped": float(self.dropped)}
+                "updates": float(self.version), "clients_dropped": float(self.dropped)}
 
     # dispatch: keep `concurrency` online clients training
     def _refill(self, t: float) -> None:
@@ -197,9 +196,8 @@ class FedBuff(Protocol):
         nodes = nodes[keep]
         self.fleet.train(nodes, payload["trained_from"][keep])
         self.bytes_sent += len(nodes) * self.model_bytes
-        self.server_message("upload", t, nodes, 2 * self.jobs[nodes] + 1,
-                       version=payload["version"][keep], start=payload["start"][keep],
-                       trained_from=payload["trained_from"][keep])
+        self.server_message("upload", t, nodes, 2 * self.jobs[nodes] + 1, version=payload["version"][keep],
+                            start=payload["start"][keep], trained_from=payload["trained_from"][keep])
 
     def _upload(self, t, nodes, payload):
         late = np.zeros(len(nodes), dtype=bool)
@@ -246,20 +244,14 @@ class FedBuff(Protocol):
         rows = torch.cat([b[1] for b in self.buffer])[idx] + g
         w = torch.as_tensor(np.concatenate([b[2] for b in self.buffer])[order], dtype=torch.float64, device=g.device)
         self.last_staleness = np.concatenate([b[3] for b in self.buffer])[order].astype(np.float64)
-        nodes = nodes[order]
         self.buffer = []
-        attack = self.world.attack
-        if attack is not None:
-            bad = torch.as_tensor(self.world.byzantine[nodes], device=g.device)
-            rows = attack.apply(rows, bad, g, derive_seed(self.world.seed, "attack"),
-                                torch.as_tensor(nodes, device=g.device), self.version + 1)
+        rows = self.world.attacked(rows, nodes[order], g, self.version + 1)
         target = robust_aggregate(self.cfg, rows, w, g)
         self._advance((g + self.cfg.server_lr * (target.double() - g)).to(self.global_model.dtype), t)
 
     def _advance(self, model: torch.Tensor, t: float) -> None:
         self.global_model = model
         self.version += 1
-        self.updates += 1
         self.on_round(self.version, t)
 
 
@@ -275,12 +267,7 @@ class FedAsync(FedBuff):
                 break
             a = self.cfg.alpha * float(self._weights(versions[i:i + 1])[0])
             g = self.global_model.double()
-            x = rows[i:i + 1].double()
-            attack = self.world.attack
-            if attack is not None:
-                bad = torch.as_tensor(self.world.byzantine[nodes[i:i + 1]], device=g.device)
-                x = attack.apply(x, bad, g, derive_seed(self.world.seed, "attack"),
-                                 torch.as_tensor(nodes[i:i + 1], device=g.device), self.version + 1)
+            x = self.world.attacked(rows[i:i + 1].double(), nodes[i:i + 1], g, self.version + 1)
             if self.cfg.aggregator == "centered_clip":  # the update clipped to clip_tau around g
                 x = robust_aggregate(self.cfg, x, torch.ones(1, dtype=torch.float64), g).double().unsqueeze(0)
             self.last_staleness = np.array([float(self.version - versions[i])])

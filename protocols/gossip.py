@@ -201,7 +201,8 @@ class Gossip(Protocol):
 
     def __init__(self, cfg, world):
         super().__init__(cfg, world)
-        if getattr(cfg, "aggregator", "mean") != "mean":
+        self.rule = getattr(cfg, "aggregator", "mean")  # a subclass's config may have no aggregator
+        if self.rule != "mean":
             self.receives = "models"  # a robust rule needs every received model
 
     @classmethod
@@ -378,8 +379,9 @@ class Gossip(Protocol):
             return
         # advanced indexing copies: the snapshot keeps the models as sent
         rows = self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)]
-        if self.world.attack is not None:
-            rows = self._attacked(rows, nodes)
+        # attackers send a rewritten model, with the reference 0 (see the module doc)
+        rows = self.world.attacked(rows, nodes, rows.new_zeros(rows.shape[1]), torch.as_tensor(self.sends[nodes]),
+                                   honest=self._honest)
         src, dst = self.edges["src"][e], self.edges["dst"][e]
         row = np.repeat(np.arange(len(nodes)), self.degree[nodes])
         arrive = t + link_delay(self.edges["latency"][e], self.edges["bandwidth"][e], self.model_bytes)
@@ -399,15 +401,6 @@ class Gossip(Protocol):
             near, k = np.unique(dst[np.broadcast_to(counted, dst.shape)], return_counts=True)
             self.pending[near] += k
         self.engine.schedule("deliver", arrive, dst, key=src, snap=snap, row=row, counted=counted)
-
-    def _attacked(self, rows: torch.Tensor, nodes: np.ndarray) -> torch.Tensor:
-        """The models as sent: attackers' rows rewritten (reference 0; see the module doc)."""
-        w = self.world
-        bad = torch.as_tensor(w.byzantine[nodes], device=rows.device)
-        zero = torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
-        return w.attack.apply(rows, bad, zero, derive_seed(w.seed, "attack"),
-                              torch.as_tensor(nodes, device=rows.device), torch.as_tensor(self.sends[nodes]),
-                              honest=self._honest)
 
     def _observe_honest(self) -> None:
         """alie: the attackers' view of the honest models (their coordinate-wise mean and std),
@@ -463,7 +456,7 @@ class Gossip(Protocol):
         """Merge the nodes' buffered models into their own."""
         received, count = self.mailbox.take(nodes)
         idx = torch.as_tensor(nodes, device=self.fleet.device)
-        if type(self).merge is Gossip.merge and getattr(self.cfg, "aggregator", "mean") == "mean":  # in place
+        if type(self).merge is Gossip.merge and self.rule == "mean":  # the plain rule, in place
             merged = gossip_merge_(self.fleet.params[idx], received, count, self.cfg.beta)
         else:
             merged = self.merge(self.fleet.params[idx], received, count)
@@ -473,8 +466,7 @@ class Gossip(Protocol):
     def merge(self, own: torch.Tensor, received: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """The merge rule: own [n, P] and the inboxes (summed messages [n, width], or with
         receives = "models", the messages [n, k, width], NaN beyond count) -> merged [n, P]."""
-        rule = getattr(self.cfg, "aggregator", "mean")
-        if rule == "mean":
+        if self.rule == "mean":
             return merge(own, received, count, self.cfg.beta)
         return robust_merge(self.cfg, own, received, count)
 

@@ -80,7 +80,7 @@ class TopologyConfig:
         _choice(self.name, TOPOLOGIES, "topology")
         if not 0 <= self.loss < 1:
             raise ValueError(f"topology.loss must be a probability in [0, 1), got {self.loss}")
-        availability.check_spec(self.failures, "topology.failures")
+        availability.check_failures(self.failures)
         Dynamic.from_spec(self.dynamic)
         latency = _distribution(self.latency, "topology.latency")
         if not 0 <= latency.lowest < math.inf:

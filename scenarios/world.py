@@ -98,6 +98,18 @@ class World:
         """The graph as sorted directed edge arrays (topologies.edge_arrays)."""
         return edge_arrays(self.graph)
 
+    def attacked(self, rows: torch.Tensor, nodes: np.ndarray, reference: torch.Tensor, counter,
+                 honest: tuple | None = None) -> torch.Tensor:
+        """The models [k, P] that nodes [k] send, the attackers' rows rewritten (clients.attacks)
+        against `reference` (the model they started from: [P]); `counter` keys the noise (a
+        round, or one count per row). Unchanged without an attack."""
+        if self.attack is None:
+            return rows
+        dev = rows.device
+        return self.attack.apply(rows, torch.as_tensor(self.byzantine[nodes], device=dev), reference,
+                                 derive_seed(self.seed, "attack"), torch.as_tensor(nodes, device=dev), counter,
+                                 honest=honest)
+
     # faults: who is online, which messages arrive, which graph holds
     def online(self, nodes: np.ndarray, t) -> np.ndarray:
         """bool: is each node online at t?"""
@@ -154,29 +166,26 @@ class World:
         """The directed edge arrays of a version of the graph (topologies.dynamic)."""
         if version == 0:
             return self.edges
-        cache = self.__dict__.setdefault("_versions", {})
-        if version not in cache:
-            t = self.cfg.topology
-            name, kw = self.dynamic.topology(version, t.name, dict(degree=t.degree, p=t.p, k=t.k, m=t.m, path=t.path))
-            graph = build_graph(name, self.n, rng(self.seed, f"topology-{version}"), **kw)
-            graph = check_graph(graph, self.n, allow_disconnected=t.allow_disconnected)
-            lat, bw = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
-            links = rng(self.seed, f"links-{version}")
-            attach_links(graph, lambda k: lat.sample(k, links), lambda k: bw.sample(k, links))
-            if len(cache) > 2:  # the run moves forward: old versions are not needed again
-                cache.pop(min(cache))
-            cache[version] = edge_arrays(graph)
-        return cache[version]
+        return self._recent("_versions", version,
+                            lambda: edge_arrays(linked_graph(self.cfg, drawn_graph(self.cfg, self.dynamic, version),
+                                                             version)))
 
     def _link_process(self, version: int) -> online.Sessions:
-        cache = self.__dict__.setdefault("_links", {})
-        if version not in cache:
+        def make():
             e = self.edges_at(version)
             pairs = np.stack([np.minimum(e["src"], e["dst"]), np.maximum(e["src"], e["dst"])], axis=1)
+            return online.link_sessions(self.cfg.topology.failures, pairs, self.n,
+                                        derive_seed(self.seed, "link-failures"))
+        return self._recent("_links", version, make)
+
+    def _recent(self, name: str, version: int, make):
+        """A per-graph-version value, built once; the run moves forward, so only the last
+        three versions are kept."""
+        cache = self.__dict__.setdefault(name, {})
+        if version not in cache:
             if len(cache) > 2:
                 cache.pop(min(cache))
-            cache[version] = online.link_sessions(self.cfg.topology.failures, pairs, self.n,
-                                                  derive_seed(self.seed, "link-failures"))
+            cache[version] = make()
         return cache[version]
 
     def server_delay(self, nodes: np.ndarray, n_bytes: float) -> np.ndarray:
@@ -280,6 +289,26 @@ def _validation_split(owner: np.ndarray, n: int, share: float, generator: np.ran
     return np.where(in_val, -1, owner), np.where(in_val, owner, -1)
 
 
+def drawn_graph(cfg: RunConfig, dynamic: Dynamic | None, version: int) -> nx.Graph:
+    """Version `version` of the topology (0: the scenario's own; a sequence of graph files,
+    topology.dynamic.paths, starts with its first), from its own named stream of the seed."""
+    t = cfg.topology
+    kw = dict(degree=t.degree, p=t.p, k=t.k, m=t.m, path=t.path)
+    name = t.name
+    if dynamic is not None and (version or dynamic.paths):
+        name, kw = dynamic.topology(version, t.name, kw)
+    return build_graph(name, cfg.nodes, rng(cfg.seed, f"topology-{version}" if version else "topology"), **kw)
+
+
+def linked_graph(cfg: RunConfig, graph: nx.Graph, version: int) -> nx.Graph:
+    """The graph checked, with latency and bandwidth drawn for every link (per version)."""
+    t = cfg.topology
+    graph = check_graph(graph, cfg.nodes, allow_disconnected=t.allow_disconnected)
+    latency, bandwidth = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
+    links = rng(cfg.seed, f"links-{version}" if version else "links")
+    return attach_links(graph, lambda k: latency.sample(k, links), lambda k: bandwidth.sample(k, links))
+
+
 def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module | None = None) -> World:
     """The World of a resolved config; `graph` (networkx) and `model` (an nn.Module template)
     replace the ones the config names."""
@@ -321,17 +350,8 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
     latency, bandwidth = Distribution.from_spec(t.latency), Distribution.from_spec(t.bandwidth)
     dynamic = Dynamic.from_spec(t.dynamic)
     if proto.needs_graph(cfg.protocol) or graph is not None:
-        if graph is None:
-            # a sequence of graphs (topology.dynamic.paths) starts with its first
-            first = dict(name="edgelist", path=dynamic.paths[0]) if dynamic is not None and dynamic.paths else {}
-            graph = build_graph(first.get("name", t.name), cfg.nodes, rng(cfg.seed, "topology"), degree=t.degree,
-                                p=t.p, k=t.k, m=t.m, path=first.get("path", t.path))
-            name = t.name
-        else:
-            name = "user graph"
-        graph = check_graph(graph, cfg.nodes, allow_disconnected=t.allow_disconnected)
-        links = rng(cfg.seed, "links")
-        graph = attach_links(graph, lambda k: latency.sample(k, links), lambda k: bandwidth.sample(k, links))
+        name = t.name if graph is None else "user graph"
+        graph = linked_graph(cfg, drawn_graph(cfg, dynamic, 0) if graph is None else graph, 0)
     else:  # star protocols (FedAvg) talk to a server outside the graph
         graph, name = nx.empty_graph(cfg.nodes), "server"
     srv = rng(cfg.seed, "server-links")
