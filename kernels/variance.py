@@ -2,8 +2,10 @@
 
 Each parameter tensor of a row is a contiguous segment of the flat [N, P] stack. A segment
 indicator matrix S [P, L] (S[p, l] = 1 when coordinate p belongs to tensor l) turns per-tensor
-sums of every row into one matrix product, x @ S, and per-tensor values back into per-
-coordinate ones, v @ S.T: no Python loop over nodes or tensors, in float64.
+sums of every row into one matrix product, x @ S (float64), with no Python loop over nodes.
+Per-tensor values go back to coordinates by broadcasting over each tensor's column range in
+place (one short loop over the L tensors): the same numbers as v @ S.T, a one-hot expansion,
+without the [N, P] float64 temporaries it would allocate.
 """
 from __future__ import annotations
 
@@ -17,15 +19,23 @@ def segment_indicator(sizes, device=None, dtype=torch.float64) -> torch.Tensor:
     return torch.nn.functional.one_hot(seg, len(sizes)).to(dtype)
 
 
+def segment_spans(indicator: torch.Tensor) -> list[tuple[int, int]]:
+    """The column range [start, stop) of each tensor of an indicator S [P, L]."""
+    stops = indicator.sum(0).long().cumsum(0).tolist()
+    return list(zip([0] + stops[:-1], stops))
+
+
 def segment_moments(x: torch.Tensor, indicator: torch.Tensor, *,
                     unbiased: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance [n, L] (in the indicator's dtype) of every tensor of every row of
-    x [n, P]. Two passes (mean, then centred squares) so large tensors lose no precision."""
-    xd = x.to(indicator.dtype)
+    x [n, P]. Two passes (mean, then centred squares) so large tensors lose no precision; the
+    centring and squaring happen in one float64 copy of x."""
+    xd = x.to(indicator.dtype, copy=True)
     size = indicator.sum(0)
     mean = (xd @ indicator) / size
-    centred = xd - mean @ indicator.T
-    var = ((centred * centred) @ indicator) / (size - 1 if unbiased else size).clamp(min=1)
+    for l, (a, b) in enumerate(segment_spans(indicator)):
+        xd[:, a:b].sub_(mean[:, l:l + 1])
+    var = (xd.mul_(xd) @ indicator) / (size - 1 if unbiased else size).clamp(min=1)
     return mean, var
 
 
@@ -44,7 +54,9 @@ def variance_correct(merged: torch.Tensor, target_var: torch.Tensor, indicator: 
     floor = torch.maximum(var, eps * target)
     scale = torch.where(floor > 0, torch.sqrt(target / floor.clamp(min=1e-300)), torch.ones_like(var))
     scale = torch.where(corrected.view(1, -1), scale, torch.ones_like(scale))
-    # (W - mu) * s + mu = W * s + mu * (1 - s), expanded from tensors to coordinates
-    a = scale @ indicator.T
-    b = (mean * (1 - scale)) @ indicator.T
-    return (merged.to(a.dtype) * a + b).to(merged.dtype)
+    # (W - mu) * s + mu = W * s + mu * (1 - s), tensor by tensor over its column range
+    shift = mean * (1 - scale)
+    out = torch.empty_like(merged)
+    for l, (a, b) in enumerate(segment_spans(indicator)):
+        out[:, a:b] = merged[:, a:b].to(scale.dtype, copy=True).mul_(scale[:, l:l + 1]).add_(shift[:, l:l + 1])
+    return out

@@ -175,6 +175,44 @@ def test_batched_evaluation_equals_per_model_forward(make):
         assert abs(float(loss[i]) - float(nn.functional.cross_entropy(out, y))) < 1e-5
 
 
+def test_evaluation_chunks_do_not_change_a_bit():
+    bm = BatchedModel(MLP(64, 10, (32,)))
+    params = init_stack(bm.module, bm.layout, 300, seed=3, independent=True)
+    X, y = torch.randn(90, 64), torch.randint(0, 10, (90,))
+    whole = bm.evaluate(params, X, y, max_elements=1 << 30)
+    for size in (1, 90 * 32 * 7, 90 * 32 * 128):  # one model, 7 and 128 models a chunk
+        parts = bm.evaluate(params, X, y, max_elements=size)
+        assert all(torch.equal(parts[k], whole[k]) for k in whole)
+
+
+def test_consensus_distance_in_blocks_equals_the_float64_definition():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 37, generator=g) * 0.1 + 3.0  # a large mean: centring must be exact enough
+    exact = float(((x.double() - x.double().mean(0)) ** 2).sum(1).mean())
+    for block in (1, 37 * 9, 1 << 18):  # one row, 9 rows, everything in one block
+        assert consensus_distance(x, block=block) == pytest.approx(exact, rel=1e-9)
+    assert consensus_distance(x[:1]) == 0.0 and consensus_distance(x[:1].expand(5, -1)) == 0.0
+
+
+def test_variance_correction_equals_its_one_hot_formula():
+    from kernels.variance import segment_indicator, segment_moments, variance_correct
+
+    lay = Layout.from_module(MLP(6, 3, (4,)))
+    S = segment_indicator(lay.sizes)
+    merged = torch.randn(5, lay.size) * 2 + 0.5
+    target = torch.rand(5, len(lay.sizes), dtype=torch.float64) + 0.1
+    corrected = torch.tensor([True, False, True, False])
+    mean, var = segment_moments(merged, S)
+    scale = torch.where(corrected, torch.sqrt(target / var), torch.ones_like(var))
+    expected = (merged.double() * (scale @ S.T) + (mean * (1 - scale)) @ S.T).float()
+    out = variance_correct(merged, target, S, corrected)
+    assert torch.equal(out, expected)
+    _, after = segment_moments(out, S)
+    assert torch.allclose(after[:, corrected], target[:, corrected], rtol=1e-5)
+    keep = torch.repeat_interleave(~corrected, torch.as_tensor(lay.sizes))
+    assert torch.equal(out[:, keep], merged[:, keep])
+
+
 def test_weighted_mean_and_sparse_sums_match_hand_computation():
     rows = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, -2.0]])
     w = torch.tensor([1.0, 2.0, 1.0])
