@@ -18,15 +18,17 @@ _GOLDEN = -7046029254386353131  # 0x9e3779b97f4a7c15 as int64
 
 def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
     """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
+    return (x >> s).bitwise_and_((1 << (64 - s)) - 1)
 
 
-def mix64(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ _shr(x, 30)
-    x = x * _M1
-    x = x ^ _shr(x, 27)
-    x = x * _M2
-    return x ^ _shr(x, 31)
+def mix64_(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser, in place (one temporary at a time: large draws stay small)."""
+    x ^= _shr(x, 30)
+    x *= _M1
+    x ^= _shr(x, 27)
+    x *= _M2
+    x ^= _shr(x, 31)
+    return x
 
 
 def derive_seed(seed: int, *names: str | int) -> int:
@@ -40,8 +42,8 @@ def counter_uniform(seed: int, *counters: torch.Tensor) -> torch.Tensor:
     dev = counters[0].device if counters else None
     x = torch.full((), int(seed) & ((1 << 63) - 1), dtype=torch.int64, device=dev)
     for c in counters:
-        x = mix64(x + _GOLDEN + c.to(torch.int64))
-    return _shr(x, 11).to(torch.float64) * (1.0 / (1 << 53))
+        x = mix64_(x + _GOLDEN + c.to(torch.int64))  # `+` gives a fresh tensor to mix in place
+    return _shr(x, 11).to(torch.float64).mul_(1.0 / (1 << 53))
 
 
 def counter_normal(seed: int, *counters: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ def init_stack(module: nn.Module, layout: Layout, n: int, seed: int, *, independ
     out = layout.flatten(dict(module.named_parameters())).detach().to(device, torch.float32)
     out = out.unsqueeze(0).repeat(rows, 1)
     views = layout.unflatten(out)
-    node = torch.arange(rows, device=device).view(-1, 1)
+    nodes = torch.arange(rows, device=device).view(-1, 1)
     for mod_name, mod in module.named_modules():
         if not isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
@@ -87,6 +87,9 @@ def init_stack(module: nn.Module, layout: Layout, n: int, seed: int, *, independ
             full = f"{mod_name}.{pname}" if mod_name else pname
             k = layout.names.index(full)
             coord = torch.arange(layout.offsets[k], layout.offsets[k + 1], device=device).view(1, -1)
-            u = counter_uniform(seed, node, coord)
-            views[full].copy_(((2 * u - 1) * bound).view_as(views[full]))
+            span = max(1, (1 << 20) // coord.numel())  # blocks of nodes: the draws' temporaries stay small
+            for a in range(0, rows, span):
+                u = counter_uniform(seed, nodes[a:a + span], coord)
+                block = views[full][a:a + span]
+                block.copy_(u.mul_(2).sub_(1).mul_(bound).view_as(block))
     return out.expand(n, -1).clone() if rows == 1 else out

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from clients.profiles import Distribution
-from kernels import gossip_merge, robust, sum_rows_into
-from kernels.mixing import gossip_merge_
+from kernels import gossip_merge, robust
+from kernels.mixing import add_messages_into, gossip_merge_
 from kernels.random import counter_uniform, derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
 from protocols.fedavg import check_robust_options
@@ -163,14 +163,11 @@ class Mailbox:
                 self.buffer[torch.as_tensor(dst[sel], device=dev), torch.as_tensor(slot[sel], device=dev)] = \
                     rows[torch.as_tensor(row[sel], device=dev)]
         else:
-            acc = None
+            parts = []
             for sid in np.unique(snap).tolist():  # few snapshots per wave, not one per node
                 sel = snap == sid
-                rows = self._release(sid, int(sel.sum()))
-                part = sum_rows_into(torch.as_tensor(local[sel], device=dev),
-                                     torch.as_tensor(row[sel], device=dev), rows, len(uniq))
-                acc = part if acc is None else acc + part
-            self.buffer[torch.as_tensor(uniq, device=dev)] += acc
+                parts.append((self._release(sid, int(sel.sum())), sel, row))
+            add_messages_into(self.buffer, dst, parts)
         self.count += np.bincount(dst, minlength=len(self.count))
         return uniq
 
@@ -454,13 +451,19 @@ class Gossip(Protocol):
 
     def merge_nodes(self, nodes: np.ndarray) -> None:
         """Merge the nodes' buffered models into their own."""
-        received, count = self.mailbox.take(nodes)
-        idx = torch.as_tensor(nodes, device=self.fleet.device)
-        if type(self).merge is Gossip.merge and self.rule == "mean":  # the plain rule, in place
-            merged = gossip_merge_(self.fleet.params[idx], received, count, self.cfg.beta)
+        f = self.fleet
+        if type(self).merge is Gossip.merge and self.rule == "mean":
+            # the plain rule, in place and block by block (row-wise arithmetic: the same numbers
+            # as one call, with no [n, P] temporaries)
+            span = max(1, (1 << 20) // f.params.shape[1])
+            for a in range(0, len(nodes), span):
+                part = nodes[a:a + span]
+                received, count = self.mailbox.take(part)
+                own = f.params[torch.as_tensor(part, device=f.device)]
+                f.set_params(part, gossip_merge_(own, received, count, self.cfg.beta))
         else:
-            merged = self.merge(self.fleet.params[idx], received, count)
-        self.fleet.set_params(nodes, merged)
+            received, count = self.mailbox.take(nodes)
+            f.set_params(nodes, self.merge(f.params[torch.as_tensor(nodes, device=f.device)], received, count))
         self.merges += len(nodes)
 
     def merge(self, own: torch.Tensor, received: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

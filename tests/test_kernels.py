@@ -1,6 +1,7 @@
 """Batched kernels against the plain per-node computation on the same inputs."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -211,6 +212,40 @@ def test_variance_correction_equals_its_one_hot_formula():
     assert torch.allclose(after[:, corrected], target[:, corrected], rtol=1e-5)
     keep = torch.repeat_interleave(~corrected, torch.as_tensor(lay.sizes))
     assert torch.equal(out[:, keep], merged[:, keep])
+
+
+def test_messages_added_block_by_block_equal_the_sparse_product_bit_for_bit():
+    from kernels.mixing import add_messages_into
+
+    def sparse_sum(dst, src, rows, n):  # the incidence-matrix product the mailbox used to compute
+        ind = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(len(dst)), (n, len(rows))).coalesce()
+        return torch.sparse.mm(ind, rows)
+
+    g = np.random.default_rng(0)
+    for trial in range(20):
+        n, width, n_parts = int(g.integers(1, 60)), int(g.integers(1, 40)), int(g.integers(1, 4))
+        buffer = torch.randn(n, width) * (trial % 2)  # empty (zeros) or already holding sums
+        expected, parts, dst_all, snaps = buffer.clone(), [], [], []
+        for i in range(n_parts):
+            k = int(g.integers(1, 30))
+            rows = torch.randn(k, width) * 10 ** float(g.uniform(-3, 3))
+            pairs = {(int(d), int(r)) for d, r in zip(g.integers(0, n, 40), g.integers(0, k, 40))}
+            d, r = (np.array(v) for v in zip(*sorted(pairs, key=lambda _: g.random())))  # no repeated pair
+            snaps.append((rows, d, r))
+        dst = np.concatenate([d for _, d, _ in snaps])
+        owner = np.concatenate([np.full(len(d), i) for i, (_, d, _) in enumerate(snaps)])
+        row = np.concatenate([r for _, _, r in snaps])
+        uniq, local = np.unique(dst, return_inverse=True)
+        acc = None
+        for i, (rows, d, r) in enumerate(snaps):
+            sel = owner == i
+            part = sparse_sum(torch.as_tensor(local[sel]), torch.as_tensor(row[sel]), rows, len(uniq))
+            acc = part if acc is None else acc + part
+            parts.append((rows, sel, row))
+        expected[torch.as_tensor(uniq)] += acc
+        add_messages_into(buffer, dst, parts, block=int(g.integers(1, 4)) * width)
+        assert torch.equal(buffer, expected)
+        assert torch.equal(torch.signbit(buffer), torch.signbit(expected))
 
 
 def test_weighted_mean_and_sparse_sums_match_hand_computation():
