@@ -105,6 +105,7 @@ def main() -> None:
     perms = [torch.randperm(m) for _ in range(args.degree // 2)]
     src = torch.cat([p for p in perms] + [torch.argsort(p) for p in perms])
     dst = torch.arange(m).repeat(len(perms) * 2)
+    dst, src = torch.unique(torch.stack([dst, src]), dim=1)  # a graph: no (receiver, sender) pair twice
     models = torch.randn(m, Pm)
     def sparse_mm():  # the mailbox's kernel before issue 12: a sparse incidence matrix product
         ind = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(len(dst)), (m, m)).coalesce()
