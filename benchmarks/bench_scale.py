@@ -59,6 +59,9 @@ CASES = {
     # issue 12: (c) at 100,000 nodes; targets < 5 s a round and < 8 GB peak RSS
     "d_gossip": (100000, 20, ["protocol=gossip", "topology=random_regular", "topology.degree=8",
                               "data=synthetic"], 100, 8.0),
+    # the same with the node stack kept in bfloat16 (sim.storage): the memory it saves
+    "d_gossip_bf16": (100000, 20, ["protocol=gossip", "topology=random_regular", "topology.degree=8",
+                                   "data=synthetic", "sim.storage=bfloat16"], 100, 8.0),
 }
 AS_TYPED = {"e_gossip", "e_vc_gossip"}  # cases that keep the default training
 SAMPLES_PER_NODE = 25  # case c: 25 * nodes samples, 20 per node for training after the 20% test split

@@ -104,6 +104,9 @@ class ScenarioFedAvg(FedAvg):
 def bridge_problem(sc: Scenario) -> str | None:
     """Why the bridge does not run this scenario as the simulator does, in one line (None: it does)."""
     proto = sc.protocol
+    if sc.cfg.sim.storage != "float32":
+        return (f"sim.storage={sc.cfg.sim.storage} keeps the simulator's node stacks in 16 bits; on a fleet each "
+                "device keeps its own model (set sim.storage=float32)")
     if sc.world.attack is not None:
         return "attack (Byzantine clients) is simulated only; on a real fleet the attackers are the devices"
     if sc.world.faulty:

@@ -101,15 +101,15 @@ def consensus_distance(params: torch.Tensor, block: int = 1 << 18) -> float:
     if n == 0:
         return float("nan")
     rows = max(1, block // max(1, p))
-    buf = torch.empty(min(rows, n), p, dtype=params.dtype, device=params.device)
-    first = params[0].clone()
+    buf = torch.empty(min(rows, n), p, dtype=torch.float32, device=params.device)
+    first = params[0].to(torch.float32, copy=True)
     total = torch.zeros(p, dtype=torch.float64, device=params.device)
     for a in range(0, n, rows):
         b = buf[:min(rows, n - a)]
-        total += torch.sub(params[a:a + rows], first, out=b).sum(0)
-    centre = first + (total / n).to(params.dtype)
+        total += torch.sub(params[a:a + rows].float(), first, out=b).sum(0)  # 16-bit rows: upcast
+    centre = first + (total / n).float()
     dist = torch.zeros((), dtype=torch.float64, device=params.device)
     for a in range(0, n, rows):
         b = buf[:min(rows, n - a)]
-        dist += torch.sub(params[a:a + rows], centre, out=b).square_().sum(dtype=torch.float64)
+        dist += torch.sub(params[a:a + rows].float(), centre, out=b).square_().sum(dtype=torch.float64)
     return float(dist / n)

@@ -91,6 +91,12 @@ class Protocol:
         return False
 
     @classmethod
+    def supports_storage(cls, cfg) -> bool:
+        """Can its Fleet keep the node stack in a 16-bit dtype (sim.storage)? It must read
+        models through Fleet.rows (float32) and write them through Fleet.set_params."""
+        return False
+
+    @classmethod
     def independent_init(cls, cfg) -> bool:
         """Does every node start from its own random model (else one shared model)?"""
         return False

@@ -214,6 +214,10 @@ class Gossip(Protocol):
     def supports_faults(cls, cfg) -> bool:
         return True
 
+    @classmethod
+    def supports_storage(cls, cfg) -> bool:
+        return True
+
     def bind(self):
         e, f = self.engine, self.fleet
         e.on("deliver", self._deliver, Priority.RECEIVE)
@@ -375,7 +379,7 @@ class Gossip(Protocol):
         if total == 0:
             return
         # advanced indexing copies: the snapshot keeps the models as sent
-        rows = self.fleet.params[torch.as_tensor(nodes, device=self.fleet.device)]
+        rows = self.fleet.rows(nodes)
         # attackers send a rewritten model, with the reference 0 (see the module doc)
         rows = self.world.attacked(rows, nodes, rows.new_zeros(rows.shape[1]), torch.as_tensor(self.sends[nodes]),
                                    honest=self._honest)
@@ -459,11 +463,10 @@ class Gossip(Protocol):
             for a in range(0, len(nodes), span):
                 part = nodes[a:a + span]
                 received, count = self.mailbox.take(part)
-                own = f.params[torch.as_tensor(part, device=f.device)]
-                f.set_params(part, gossip_merge_(own, received, count, self.cfg.beta))
+                f.set_params(part, gossip_merge_(f.rows(part), received, count, self.cfg.beta))
         else:
             received, count = self.mailbox.take(nodes)
-            f.set_params(nodes, self.merge(f.params[torch.as_tensor(nodes, device=f.device)], received, count))
+            f.set_params(nodes, self.merge(f.rows(nodes), received, count))
         self.merges += len(nodes)
 
     def merge(self, own: torch.Tensor, received: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -228,16 +228,23 @@ class EvalConfig:
             raise ValueError(f"eval.diverged_loss must be a finite number > 1 or null, got {self.diverged_loss}")
 
 
+# sim.storage: the torch dtype node stacks are kept in; every computation upcasts to float32
+STORAGE = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class SimConfig:
     batching: bool = True     # all events of one kind at one instant -> one kernel call
     resolution: float = 0.0   # > 0: round event times up to multiples of this (a tick clock)
     progress: bool = True
     record_events: bool = False
+    storage: str = "float32"  # float32 | bfloat16 | float16: the dtype node stacks are kept in (gossip)
 
     def __post_init__(self):
         if not 0 <= self.resolution < math.inf:
             raise ValueError(f"sim.resolution must be a finite number >= 0, got {self.resolution}")
+        if self.storage not in STORAGE:
+            raise ValueError(f"sim.storage must be one of {', '.join(STORAGE)}; got {self.storage!r}")
 
 
 @dataclass

@@ -225,7 +225,8 @@ class World:
 
     def fleet(self, independent: bool) -> Fleet:
         """The default protocol state: one model per node."""
-        return Fleet(self.node_data(), self.initial_models(independent), prequential=self.cfg.task.prequential)
+        return Fleet(self.node_data(), self.initial_models(independent), prequential=self.cfg.task.prequential,
+                     storage=getattr(torch, self.cfg.sim.storage))
 
     @cached_property
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,6 +366,9 @@ def assemble(cfg: RunConfig, *, graph: nx.Graph | None = None, model: nn.Module 
     faults = [k for k, on in (("availability", nodes_online is not None), ("topology.loss", t.loss > 0),
                               ("topology.failures", t.failures is not None), ("topology.dynamic", dynamic is not None))
               if on]
+    if cfg.sim.storage != "float32" and not proto.supports_storage(cfg.protocol):
+        raise ConfigError(f"sim.storage={cfg.sim.storage}: protocol={cfg.protocol.name} keeps its models in "
+                          "float32; 16-bit node stacks are for gossip and vc_gossip")
     if faults and not proto.supports_faults(cfg.protocol):
         raise ConfigError(f"{faults[0]}: protocol={cfg.protocol.name} does not model faults yet; "
                           "use fedavg, fedasync, fedbuff, gossip or vc_gossip")

@@ -133,9 +133,9 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
 
     def _evaluate(r: int, t: float) -> None:
         models = protocol.models()
-        ok = torch.isfinite(models.sum(dim=1))  # NaN/inf anywhere in a row (or values near float32's max)
+        ok = torch.isfinite(models.sum(dim=1, dtype=torch.float32))  # NaN/inf anywhere in a row (or near float32's max)
         which = None if eval_nodes is None or len(models) == 1 else eval_nodes
-        rows = models if which is None else models[which]
+        rows = (models if which is None else models[which]).float()  # 16-bit storage: scored in float32
         evaluated.update(models=len(rows), of=len(models), test_samples=len(world.test_set[1]))
         scores = protocol.evaluate(rows, which)
         loss = scores["loss"]
@@ -195,7 +195,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                                     evaluated)})
     if status != "completed":
         warnings.warn(f"run {status}: {detail}", RunWarning, stacklevel=2)
-    return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().clone())
+    return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().float().clone())
 
 
 def one_line(err: BaseException) -> str:

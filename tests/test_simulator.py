@@ -118,3 +118,27 @@ def test_the_summary_says_what_an_evaluation_covers_and_costs():
     ev = res.summary["evaluation"]
     assert (ev["models"], ev["of"], ev["test_samples"]) == (10, 30, 360)
     assert 0 < ev["wall_s"] < res.summary["wall_time_s"] and 0 < ev["wall_share"] < 1
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16"])
+def test_16_bit_node_stacks_stay_within_tolerance_of_float32(tiny, storage):
+    from simulator import run
+
+    ov = ["protocol=vc_gossip", "topology=random_regular", "topology.degree=4", "nodes=40", "rounds=8",
+          "train.momentum=0.5"]
+    full = tiny(ov)
+    half = tiny(ov + [f"sim.storage={storage}"])
+    dtype = getattr(torch, storage)
+    assert half.final_models.dtype == torch.float32  # handed back in float32 ...
+    assert torch.equal(half.final_models.to(dtype).float(), half.final_models)  # ... but kept in 16 bits
+    assert not torch.equal(half.final_models, full.final_models)
+    for a, b in zip(full.metrics, half.metrics):
+        assert abs(a["accuracy_mean"] - b["accuracy_mean"]) <= 0.02 and b["loss_mean"] == pytest.approx(a["loss_mean"], rel=0.02)
+    same = tiny(ov + ["sim.storage=float32"])  # the default, spelt out: the same numbers
+    numbers = [json.dumps({k: v for k, v in m.items() if k != "wall_time_s"}, sort_keys=True) for m in same.metrics]
+    assert numbers == [json.dumps({k: v for k, v in m.items() if k != "wall_time_s"}, sort_keys=True)
+                       for m in full.metrics]  # (json: NaN equals NaN there)
+    with pytest.raises(Exception, match=r"sim.storage=bfloat16: protocol=fedavg keeps its models in float32"):
+        run(overrides=["protocol=fedavg", "nodes=4", "rounds=1", "sim.storage=bfloat16", "sim.progress=false"])
+    with pytest.raises(Exception, match=r"sim.storage must be one of float32, bfloat16, float16; got 'int8'"):
+        run(overrides=["protocol=gossip", "nodes=4", "rounds=1", "sim.storage=int8", "sim.progress=false"])
