@@ -37,8 +37,16 @@ class Fleet:
         return self.data.train_time(nodes, now)
 
     def rows(self, nodes: np.ndarray) -> torch.Tensor:
-        """The nodes' models, a float32 copy [n, P] (whatever the storage dtype)."""
-        return self.params[self.data.ids(nodes)].float()
+        """The nodes' models, a float32 copy [n, P] (whatever the storage dtype; a 16-bit stack
+        is upcast block by block into the copy, with no 16-bit copy of it all on the way)."""
+        idx = self.data.ids(nodes)
+        if self.params.dtype == torch.float32:
+            return self.params[idx]
+        out = torch.empty(len(idx), self.params.shape[1], device=self.device)
+        span = max(1, (1 << 22) // max(1, self.params.shape[1]))
+        for a in range(0, len(idx), span):
+            out[a:a + span] = self.params[idx[a:a + span]]
+        return out
 
     def train(self, nodes: np.ndarray, now=math.inf) -> torch.Tensor:
         """Local SGD on the given nodes' own data (the rows that had arrived at `now`, a time or

@@ -133,7 +133,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
 
     def _evaluate(r: int, t: float) -> None:
         models = protocol.models()
-        ok = torch.isfinite(models.sum(dim=1, dtype=torch.float32))  # NaN/inf anywhere in a row (or near float32's max)
+        ok = finite_rows(models)
         which = None if eval_nodes is None or len(models) == 1 else eval_nodes
         rows = (models if which is None else models[which]).float()  # 16-bit storage: scored in float32
         evaluated.update(models=len(rows), of=len(models), test_samples=len(world.test_set[1]))
@@ -195,12 +195,20 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                                     evaluated)})
     if status != "completed":
         warnings.warn(f"run {status}: {detail}", RunWarning, stacklevel=2)
-    return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().float().clone())
+    return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().to(torch.float32, copy=True))
 
 
 def one_line(err: BaseException) -> str:
     """`Type: first line of the message`, for a status or a last line."""
     return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
+
+
+def finite_rows(models: torch.Tensor, block: int = 1 << 22) -> torch.Tensor:
+    """[N] bool: no NaN/inf anywhere in the row (nor a sum past float32's max), in float32 and
+    by blocks of rows, so a 16-bit stack is never upcast whole."""
+    span = max(1, block // max(1, models.shape[1]))
+    return torch.cat([torch.isfinite(models[a:a + span].float().sum(dim=1)) for a in range(0, len(models), span)]
+                     or [torch.ones(0, dtype=torch.bool, device=models.device)])
 
 
 def diverged_message(ok: torch.Tensor, r: int, t: float) -> str:

@@ -59,7 +59,8 @@ VALUES = st.one_of(
                      # faults: availability, topology.failures and topology.dynamic take these
                      "{kind: sessions, on: 0.01, off: 0.01}", "{kind: diurnal, period: 0.05}",
                      "{kind: sessions, on: 0.01, off: 1e9, messages: hold}", "{on: 0.02, off: 0.01}",
-                     "{every: 0.01}", "{every: 0.01, kind: ring}", "{every: 1e-300}"]),
+                     "{every: 0.01}", "{every: 0.01, kind: ring}", "{every: 1e-300}",
+                     "bfloat16", "float16"]),  # sim.storage's 16-bit stacks
 )
 
 
