@@ -53,8 +53,8 @@ class Fleet:
         one per node: when each began training), all in one batched call (with 16-bit storage:
         in blocks of nodes, each upcast, trained and rounded back). Returns each node's mean
         training loss (also kept in `last_loss`)."""
-        if self.params.dtype != torch.float32:
-            span = max(1, (1 << 22) // max(1, self.params.shape[1]))
+        span = max(1, (1 << 22) // max(1, self.params.shape[1]))
+        if self.params.dtype != torch.float32 and len(nodes) > span:
             return torch.cat([self._train(nodes[a:a + span], now[a:a + span] if np.ndim(now) else now)
                               for a in range(0, len(nodes), span)])
         return self._train(nodes, now)

@@ -138,6 +138,9 @@ def test_16_bit_node_stacks_stay_within_tolerance_of_float32(tiny, storage):
     numbers = [json.dumps({k: v for k, v in m.items() if k != "wall_time_s"}, sort_keys=True) for m in same.metrics]
     assert numbers == [json.dumps({k: v for k, v in m.items() if k != "wall_time_s"}, sort_keys=True)
                        for m in full.metrics]  # (json: NaN equals NaN there)
+    churn = tiny(ov + [f"sim.storage={storage}", "topology.loss=0.2",  # faults: waves with no one to train
+                       "availability={kind: sessions, on: 0.5, off: 0.5}"])
+    assert churn.summary["status"] == "completed" and churn.summary["rounds_completed"] == 8
     with pytest.raises(Exception, match=r"sim.storage=bfloat16: protocol=fedavg keeps its models in float32"):
         run(overrides=["protocol=fedavg", "nodes=4", "rounds=1", "sim.storage=bfloat16", "sim.progress=false"])
     with pytest.raises(Exception, match=r"sim.storage must be one of float32, bfloat16, float16; got 'int8'"):
