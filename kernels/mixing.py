@@ -25,11 +25,12 @@ def add_messages_into(buffer: torch.Tensor, dst: np.ndarray, parts: list, block:
     in increasing row order (from zero), these sums added part after part, then added to d.
 
     Exactly the numbers of a sparse incidence matrix product per part (sum_rows_into's old
-    form) and an indexed +=, but destination block by destination block (about `block`
-    numbers each), so a wave allocates nothing of size [receivers, W] and the rows summed stay
-    in cache: 1.5x faster at 100,000 receivers. (A (receiver, row) pair repeated within a
-    part, which a graph never sends, is added once per repeat; the product added 2 x row.) Slot k of a block adds the k-th message of
-    every receiver that has one, so the Python loop runs over blocks and slots, never nodes.
+    form) and an indexed +=, but receiver block by receiver block (about `block` numbers
+    each): as fast as the product alone, and a wave allocates nothing of size [receivers, W]
+    (the product's output, the gathered and scattered running sums). Slot k of a block adds
+    the k-th message of every receiver that has one, so the Python loop runs over blocks and
+    slots, never nodes. (A (receiver, row) pair repeated within a part, which a graph never
+    sends, is added once per repeat; the product added 2 x row once.)
     """
     if len(dst) == 0:
         return
