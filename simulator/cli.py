@@ -15,15 +15,17 @@ line naming the jobs that did not complete, and exit code 1.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -33,7 +35,7 @@ from clients.partition import PartitionError
 from protocols import ProtocolError
 from scenarios import SCENARIOS, ConfigError, compose, resolve
 from scenarios.schema import GROUPS, ensure_option, explain, group_choices, open_overrides, options
-from simulator.metrics import write_json
+from simulator.metrics import strict, write_json
 from simulator.run import Interrupted, RunWarning, one_line, run, sigterm_raises, summary_line
 from topologies import TopologyError
 
@@ -53,6 +55,7 @@ class Job:
     number: int
     overrides: list[str]
     code: int
+    skipped: bool = False  # a sweep job found already completed in its directory
 
 
 JOBS: list[Job] = []  # the jobs this process ran (a sweep's, in order)
@@ -113,29 +116,44 @@ def first_job(overrides: list[str]) -> list[str]:
             else o.input_line for o in parsed if not o.key_or_group.lstrip("+~").startswith("hydra")]
 
 
-def run_job(cfg: DictConfig, out_dir: Path) -> tuple[int, str]:
-    """One job: (exit code, its last line). A user mistake or an error inside the run ends this
-    job alone, with a summary.json that says so; interrupts are raised again."""
+def completed_before(cfg, out_dir: Path) -> bool:
+    """Does out_dir hold a completed run of this very config (its summary.json says so)?"""
     try:
-        result = run(resolve(cfg), out_dir=out_dir)
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("status") == "completed" and summary.get("config") == strict(asdict(cfg))
+
+
+def run_job(cfg: DictConfig, out_dir: Path, skip_completed: bool = False) -> tuple[int, str, bool]:
+    """One job: (exit code, its last line, skipped). A user mistake or an error inside the run
+    ends this job alone, with a summary.json that says so; interrupts are raised again. With
+    `skip_completed` (a sweep), a job whose directory already holds a completed run of the
+    same resolved config is not run again."""
+    try:
+        resolved = resolve(cfg)
+        if skip_completed and completed_before(resolved, out_dir):
+            return 0, f"murmur: skipped: already completed in {out_dir}", True
+        result = run(resolved, out_dir=out_dir)
     except USER_ERRORS as err:
         write_json(out_dir / "summary.json", {"status": "failed", "status_detail": str(err),
                                               "user_error": True})
-        return EXIT["user_error"], f"murmur: error: {err}"
+        return EXIT["user_error"], f"murmur: error: {err}", False
     except Exception as err:
         trace = out_dir / "traceback.txt"
         trace.write_text(traceback.format_exc())
         if not (out_dir / "summary.json").exists():  # the run writes its own once it started
             write_json(out_dir / "summary.json", {"status": "failed", "status_detail": str(err)})
-        return EXIT["failed"], f"murmur: error: the run failed: {one_line(err)} (traceback in {trace})"
-    return EXIT[result.status], summary_line(result.summary)
+        return EXIT["failed"], f"murmur: error: the run failed: {one_line(err)} (traceback in {trace})", False
+    return EXIT[result.status], summary_line(result.summary), False
 
 
 @hydra.main(config_path=str(SCENARIOS), config_name="config", version_base=None)
 def _app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    code, line = run_job(cfg, Path(hc.runtime.output_dir))
-    JOBS.append(Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code))
+    sweep = hc.mode == RunMode.MULTIRUN
+    code, line, skipped = run_job(cfg, Path(hc.runtime.output_dir), skip_completed=sweep)
+    JOBS.append(Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code, skipped))
     print(line, file=sys.stdout if code == 0 else sys.stderr, flush=True)
 
 
@@ -210,10 +228,13 @@ def _main(args: list[str]) -> None:
         _exit(1, f"murmur: error: internal error: {one_line(err)} (MURMUR_TRACEBACK=1 shows where)")
     if len(JOBS) > 1 or is_multirun(args):
         bad = [j for j in JOBS if j.code != 0]
+        skipped = sum(j.skipped for j in JOBS)
+        note = f" ({skipped} skipped: completed before)" if skipped else ""
         if bad:
             names = "; ".join(f"#{j.number} ({' '.join(j.overrides)}): exit {j.code}" for j in bad)
-            _exit(1, f"murmur: sweep: {len(JOBS) - len(bad)} of {len(JOBS)} jobs completed; not completed: {names}")
-        print(f"murmur: sweep: all {len(JOBS)} jobs completed")
+            _exit(1, f"murmur: sweep: {len(JOBS) - len(bad)} of {len(JOBS)} jobs completed{note}; "
+                     f"not completed: {names}")
+        print(f"murmur: sweep: all {len(JOBS)} jobs completed{note}")
         return
     if JOBS:
         sys.exit(JOBS[0].code)

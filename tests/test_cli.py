@@ -1,5 +1,6 @@
 """The `murmur` command: bad input gives one line and exit code 2; a sweep runs every job."""
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -73,6 +74,31 @@ def test_run_and_sweep_write_their_outputs(tmp_path):
     assert combos == {("fedavg", 0), ("fedavg", 1), ("gossip", 0), ("gossip", 1)}
     assert p.stdout.count("murmur: completed: ") == 4  # one summary line per job
     assert p.stdout.strip().splitlines()[-1] == "murmur: sweep: all 4 jobs completed"
+
+
+def test_a_sweep_run_again_skips_the_jobs_it_completed_and_runs_the_rest(tmp_path):
+    args = ("-m", "seed=0,1,2", "nodes=6", "rounds=1", "topology=ring", "sim.progress=false",
+            f"hydra.sweep.dir={tmp_path}/sweep")
+    assert murmur(*args, cwd=tmp_path).returncode == 0
+    gone, stopped, done = sorted(p.parent for p in Path(tmp_path, "sweep").glob("*/summary.json"))
+    shutil.rmtree(gone)  # a job directory deleted
+    summary = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    kept = (done / "metrics.csv").stat().st_mtime_ns
+    p = murmur(*args, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "murmur: sweep: all 3 jobs completed (1 skipped: completed before)"
+    assert p.stdout.count("murmur: skipped: already completed in ") == 1 and p.stdout.count("murmur: completed: ") == 2
+    assert (done / "metrics.csv").stat().st_mtime_ns == kept
+    for d in (gone, stopped):
+        assert json.loads((d / "summary.json").read_text())["status"] == "completed"
+    from scenarios import resolve
+    from simulator.cli import completed_before
+
+    seed = json.loads((done / "summary.json").read_text())["seed"]
+    same = ["nodes=6", "rounds=1", "topology=ring", "sim.progress=false", f"seed={seed}"]
+    assert completed_before(resolve(None, same), done)
+    assert not completed_before(resolve(None, [*same, "train.lr=0.3"]), done)  # another config: run again
 
 
 def test_help_lists_the_groups_and_the_config_of_the_overrides(tmp_path):
