@@ -4,8 +4,9 @@ Parameters and optimizer momentum are [N, P] stacks, with a local step counter a
 training loss per node; training runs on the nodes' own data (clients.nodes.NodeData) in one
 kernel call for any set of nodes. The parameter stack may be kept in a 16-bit dtype
 (`storage`, sim.storage) to halve its memory: training, merging and evaluation read float32
-copies (`rows`), and every write rounds back to the storage dtype. A protocol that keeps other state (an archive, sub-models,
-models at a coordinator) trains its rows with `NodeData.sgd` directly.
+copies (`rows`), and every write rounds back to the storage dtype. A protocol that keeps
+other state (an archive, sub-models, models at a coordinator) trains its rows with
+`NodeData.sgd` directly.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from clients.nodes import NodeData, Prequential
+from kernels import row_blocks
 
 
 class Fleet:
@@ -43,9 +45,8 @@ class Fleet:
         if self.params.dtype == torch.float32:
             return self.params[idx]
         out = torch.empty(len(idx), self.params.shape[1], device=self.device)
-        span = max(1, (1 << 22) // max(1, self.params.shape[1]))
-        for a in range(0, len(idx), span):
-            out[a:a + span] = self.params[idx[a:a + span]]
+        for s in row_blocks(len(idx), self.params.shape[1], 1 << 22):
+            out[s] = self.params[idx[s]]
         return out
 
     def train(self, nodes: np.ndarray, now=math.inf) -> torch.Tensor:
@@ -53,10 +54,9 @@ class Fleet:
         one per node: when each began training), all in one batched call (with 16-bit storage:
         in blocks of nodes, each upcast, trained and rounded back). Returns each node's mean
         training loss (also kept in `last_loss`)."""
-        span = max(1, (1 << 22) // max(1, self.params.shape[1]))
-        if self.params.dtype != torch.float32 and len(nodes) > span:
-            return torch.cat([self._train(nodes[a:a + span], now[a:a + span] if np.ndim(now) else now)
-                              for a in range(0, len(nodes), span)])
+        blocks = row_blocks(len(nodes), self.params.shape[1], 1 << 22)
+        if self.params.dtype != torch.float32 and len(blocks) > 1:
+            return torch.cat([self._train(nodes[s], now[s] if np.ndim(now) else now) for s in blocks])
         return self._train(nodes, now)
 
     def _train(self, nodes: np.ndarray, now) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""Averaging kernels: weighted means of rows, sparse sums of received rows, gossip merges."""
+"""Averaging kernels: weighted means of rows, sums of received rows, gossip merges, consensus distance."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from kernels.stack import row_blocks
 
 
 def weighted_mean(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -19,7 +21,7 @@ def sum_rows_into(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, n_ds
     return out
 
 
-def add_messages_into(buffer: torch.Tensor, dst: np.ndarray, parts: list, block: int = 1 << 19) -> None:
+def add_messages_into(buffer: torch.Tensor, dst: np.ndarray, parts: list, block: int = 1 << 19) -> np.ndarray:
     """buffer[d] += the messages addressed to d: for each part (rows [k, W], which [E] bool
     selecting its edges, row [E] index into rows) in list order, the sum of its rows sent to d
     in increasing row order (from zero), these sums added part after part, then added to d.
@@ -30,10 +32,11 @@ def add_messages_into(buffer: torch.Tensor, dst: np.ndarray, parts: list, block:
     (the product's output, the gathered and scattered running sums). Slot k of a block adds
     the k-th message of every receiver that has one, so the Python loop runs over blocks and
     slots, never nodes. (A (receiver, row) pair repeated within a part, which a graph never
-    sends, is added once per repeat; the product added 2 x row once.)
+    sends, is added once per repeat; the product added 2 x row once.) Returns the distinct
+    receivers, sorted.
     """
     if len(dst) == 0:
-        return
+        return np.unique(dst)
     part = np.concatenate([np.full(int(w.sum()), i) for i, (_, w, _) in enumerate(parts)])
     rowid = np.concatenate([r[w] for _, w, r in parts])
     uniq, local = np.unique(np.concatenate([dst[w] for _, w, _ in parts]), return_inverse=True)
@@ -66,6 +69,7 @@ def add_messages_into(buffer: torch.Tensor, dst: np.ndarray, parts: list, block:
             to = torch.as_tensor(local[lo:hi] - b * span, device=dev)
             total.index_copy_(0, to, total.index_select(0, to).add_(got))
     _flush(buffer, uniq, int(blk[-1]), span, total if acc is None else acc.add_(total))
+    return uniq
 
 
 def _flush(buffer: torch.Tensor, uniq: np.ndarray, b: int, span: int, acc: torch.Tensor) -> None:
@@ -101,16 +105,14 @@ def consensus_distance(params: torch.Tensor, block: int = 1 << 18) -> float:
     n, p = params.shape
     if n == 0:
         return float("nan")
-    rows = max(1, block // max(1, p))
-    buf = torch.empty(min(rows, n), p, dtype=torch.float32, device=params.device)
+    blocks = row_blocks(n, p, block)
+    buf = torch.empty(blocks[0].stop, p, dtype=torch.float32, device=params.device)
     first = params[0].to(torch.float32, copy=True)
     total = torch.zeros(p, dtype=torch.float64, device=params.device)
-    for a in range(0, n, rows):
-        b = buf[:min(rows, n - a)]
-        total += torch.sub(params[a:a + rows].float(), first, out=b).sum(0)  # 16-bit rows: upcast
+    for s in blocks:
+        total += torch.sub(params[s].float(), first, out=buf[:s.stop - s.start]).sum(0)  # 16-bit rows: upcast
     centre = first + (total / n).float()
     dist = torch.zeros((), dtype=torch.float64, device=params.device)
-    for a in range(0, n, rows):
-        b = buf[:min(rows, n - a)]
-        dist += torch.sub(params[a:a + rows].float(), centre, out=b).square_().sum(dtype=torch.float64)
+    for s in blocks:
+        dist += torch.sub(params[s].float(), centre, out=buf[:s.stop - s.start]).square_().sum(dtype=torch.float64)
     return float(dist / n)

@@ -62,6 +62,13 @@ class Layout:
         return tuple(len(s) >= 2 for s in self.shapes)
 
 
+def row_blocks(n: int, width: int, numbers: int) -> list[slice]:
+    """Consecutive row ranges of an [n, width] stack, about `numbers` numbers each: work done
+    block by block keeps its temporaries small (and in cache) whatever n is."""
+    span = max(1, numbers // max(1, width))
+    return [slice(a, min(a + span, n)) for a in range(0, n, span)]
+
+
 def init_stack(module: nn.Module, layout: Layout, n: int, seed: int, *, independent: bool,
                device="cpu") -> torch.Tensor:
     """[n, P] initial parameters.
@@ -87,9 +94,7 @@ def init_stack(module: nn.Module, layout: Layout, n: int, seed: int, *, independ
             full = f"{mod_name}.{pname}" if mod_name else pname
             k = layout.names.index(full)
             coord = torch.arange(layout.offsets[k], layout.offsets[k + 1], device=device).view(1, -1)
-            span = max(1, (1 << 20) // coord.numel())  # blocks of nodes: the draws' temporaries stay small
-            for a in range(0, rows, span):
-                u = counter_uniform(seed, nodes[a:a + span], coord)
-                block = views[full][a:a + span]
-                block.copy_(u.mul_(2).sub_(1).mul_(bound).view_as(block))
+            for s in row_blocks(rows, coord.numel(), 1 << 20):  # the draws' temporaries stay small
+                block = views[full][s]
+                block.copy_(counter_uniform(seed, nodes[s], coord).mul_(2).sub_(1).mul_(bound).view_as(block))
     return out.expand(n, -1).clone() if rows == 1 else out

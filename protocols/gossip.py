@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from clients.profiles import Distribution
-from kernels import gossip_merge, robust
+from kernels import gossip_merge, robust, row_blocks
 from kernels.mixing import add_messages_into, gossip_merge_
 from kernels.random import counter_uniform, derive_seed
 from protocols.base import Priority, Protocol, ProtocolConfig
@@ -148,9 +148,9 @@ class Mailbox:
 
     def deliver(self, dst: np.ndarray, snap: np.ndarray, row: np.ndarray) -> np.ndarray:
         """File the delivered messages with their receivers; returns the distinct receivers."""
-        uniq, local = np.unique(dst, return_inverse=True)
         dev = self.device
         if self.mode == "models":
+            uniq, local = np.unique(dst, return_inverse=True)
             order = np.argsort(local, kind="stable")
             rank = np.empty(len(dst), np.int64)
             first = np.searchsorted(local[order], local[order])
@@ -167,7 +167,7 @@ class Mailbox:
             for sid in np.unique(snap).tolist():  # few snapshots per wave, not one per node
                 sel = snap == sid
                 parts.append((self._release(sid, int(sel.sum())), sel, row))
-            add_messages_into(self.buffer, dst, parts)
+            uniq = add_messages_into(self.buffer, dst, parts)
         self.count += np.bincount(dst, minlength=len(self.count))
         return uniq
 
@@ -459,9 +459,8 @@ class Gossip(Protocol):
         if type(self).merge is Gossip.merge and self.rule == "mean":
             # the plain rule, in place and block by block (row-wise arithmetic: the same numbers
             # as one call, with no [n, P] temporaries)
-            span = max(1, (1 << 20) // f.params.shape[1])
-            for a in range(0, len(nodes), span):
-                part = nodes[a:a + span]
+            for s in row_blocks(len(nodes), f.params.shape[1], 1 << 20):
+                part = nodes[s]
                 received, count = self.mailbox.take(part)
                 f.set_params(part, gossip_merge_(f.rows(part), received, count, self.cfg.beta))
         else:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels import consensus_distance
+from kernels import consensus_distance, row_blocks
 from kernels.variance import segment_indicator, segment_moments
 from scenarios import RunConfig, World, assemble, resolve
 from scenarios.schema import first_line
@@ -206,8 +206,7 @@ def one_line(err: BaseException) -> str:
 def finite_rows(models: torch.Tensor, block: int = 1 << 22) -> torch.Tensor:
     """[N] bool: no NaN/inf anywhere in the row (nor a sum past float32's max), in float32 and
     by blocks of rows, so a 16-bit stack is never upcast whole."""
-    span = max(1, block // max(1, models.shape[1]))
-    return torch.cat([torch.isfinite(models[a:a + span].float().sum(dim=1)) for a in range(0, len(models), span)]
+    return torch.cat([torch.isfinite(models[s].float().sum(dim=1)) for s in row_blocks(*models.shape, block)]
                      or [torch.ones(0, dtype=torch.bool, device=models.device)])
 
 
