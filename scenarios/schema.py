@@ -239,12 +239,22 @@ class SimConfig:
     progress: bool = True
     record_events: bool = False
     storage: str = "float32"  # float32 | bfloat16 | float16: the dtype node stacks are kept in (gossip)
+    checkpoint_every: int = 0  # > 0: write checkpoint.pt every k rounds (and on SIGINT/SIGTERM); see `resume`
 
     def __post_init__(self):
+        if not 0 <= self.checkpoint_every <= MAX_INT:
+            raise ValueError(f"sim.checkpoint_every must be an integer >= 0 (0: only on SIGINT/SIGTERM), "
+                             f"got {self.checkpoint_every}")
         if not 0 <= self.resolution < math.inf:
             raise ValueError(f"sim.resolution must be a finite number >= 0, got {self.resolution}")
         if self.storage not in STORAGE:
             raise ValueError(f"sim.storage must be one of {', '.join(STORAGE)}; got {self.storage!r}")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = False  # also log every evaluation to TensorBoard (tensorboard/ in the run dir)
+    graph: bool = True         # graph runs draw graph.png: the topology coloured by final accuracy
 
 
 @dataclass
@@ -265,6 +275,8 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: Optional[str] = None  # a checkpoint.pt to continue from (simulator.checkpoint)
 
     def __post_init__(self):
         check_numbers(self)
@@ -415,9 +427,19 @@ def open_overrides(overrides: Sequence[str]) -> list[str]:
 
 def _compose(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=str(SCENARIOS), version_base=None):
-        return hydra_compose(config_name="config", overrides=open_overrides(overrides))
+    # inside a running Hydra app (a murmur job, or a user's own) Hydra is initialised already:
+    # set it aside while composing, then put it back
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(SCENARIOS), version_base=None):
+            return hydra_compose(config_name="config", overrides=open_overrides(overrides))
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)
 
 
 def explain(err: BaseException, overrides: Sequence[str] = ()) -> str:

@@ -218,7 +218,15 @@ class World:
         return self.layout.flatten(params).detach().to(self.device, torch.float32)
 
     def node_data(self, only=None) -> NodeData:
-        """The nodes' data on the device, ready for batched training (`only`: these nodes)."""
+        """The nodes' data on the device, ready for batched training (`only`: these nodes).
+        All nodes' is built once and kept (a checkpoint refers to it instead of storing it)."""
+        if only is None:
+            if "_all_nodes" not in self.__dict__:
+                self._all_nodes = self._node_data(None)
+            return self._all_nodes
+        return self._node_data(only)
+
+    def _node_data(self, only) -> NodeData:
         return NodeData(self.model, self.data.X_train, self.data.y_train, self.owner, self.n, self.speeds,
                         self.cfg.train, self.seed, val_owner=self.val_owner, stream_rates=self.stream_rates,
                         only=only, device=self.device)

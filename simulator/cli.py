@@ -12,20 +12,29 @@ traceback is saved in the run directory), 2 a user mistake, 3 diverged, 130 SIGI
 143 SIGTERM; the interrupted run has written its summary.json and curves.png first. In a
 sweep (`-m`) a job that fails does so alone: the other jobs run, and the sweep ends with one
 line naming the jobs that did not complete, and exit code 1.
+
+A sweep runs its jobs side by side (Hydra's joblib launcher, `hydra/launcher=parallel`): one
+job per usable core at most, and torch's threads divided among them (`hydra.launcher.n_jobs=K`
+picks K; `hydra/launcher=basic` runs them one after another, in this process). Every job leaves
+a small record in the sweep directory (`.murmur/job-N.json`: its overrides, exit code, whether
+it was skipped, its torch threads); when the sweep ends, this process counts the jobs from
+those records, whichever launcher ran them and wherever, and writes the sweep's report.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,6 +44,8 @@ from clients.partition import PartitionError
 from protocols import ProtocolError
 from scenarios import SCENARIOS, ConfigError, compose, resolve
 from scenarios.schema import GROUPS, ensure_option, explain, group_choices, open_overrides, options
+from simulator.checkpoint import NAME as CHECKPOINT
+from simulator.checkpoint import Checkpoint
 from simulator.metrics import strict, write_json
 from simulator.run import Interrupted, RunWarning, one_line, run, sigterm_raises, summary_line
 from topologies import TopologyError
@@ -44,6 +55,10 @@ EXIT = {"completed": 0, "failed": 1, "user_error": 2, "diverged": 3}
 # Hydra's flags that take a value (the value is not an override)
 VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
                "-cd", "--config-dir", "--experimental-rerun", "--info", "-i"}
+
+
+RECORDS = ".murmur"  # in a sweep directory: one record per job, job-N.json
+THREADS_ENV = "MURMUR_SWEEP_THREADS"  # set by the sweep for its parallel jobs: torch threads each
 
 
 class UsageError(Exception):
@@ -59,6 +74,143 @@ class Job:
 
 
 JOBS: list[Job] = []  # the jobs this process ran (a sweep's, in order)
+SWEEP: list[Job] | None = None  # a sweep's jobs, counted from their records when it ended
+SIDE_BY_SIDE = False  # a sweep's jobs run in worker processes now (an interrupt kills them)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def sweep_jobs(cfg: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job of a multirun, in job-number order, as Hydra's basic sweeper
+    makes them (hydra.sweeper.params, then the command line); None for another sweeper or a sweep
+    it cannot list (e.g. a glob, which needs the config repository)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = cfg.hydra
+    if not str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="")).endswith("BasicSweeper"):
+        return None
+    try:
+        params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) or {}
+        arguments = [f"{k}={v}" for k, v in params.items()]
+        arguments += list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception:
+        return None
+
+
+def _n_jobs(*, _root_: DictConfig) -> int:
+    """`hydra.launcher.n_jobs`'s default: the usable cores, at most one per job of the sweep."""
+    jobs = sweep_jobs(_root_) if "hydra" in _root_ else None
+    return min(usable_cores(), len(jobs)) if jobs else usable_cores()
+
+
+OmegaConf.register_new_resolver("murmur_n_jobs", _n_jobs, replace=True)
+
+
+def threads_per_job(cfg: DictConfig) -> int | None:
+    """Torch threads for each job of a sweep run side by side by the joblib launcher (None for
+    another launcher): the usable cores divided among the jobs that run at once, at least 1,
+    at most OMP_NUM_THREADS when that is set."""
+    launcher = cfg.hydra.launcher
+    if not str(OmegaConf.select(launcher, "_target_", default="")).endswith("JoblibLauncher"):
+        return None
+    from joblib import cpu_count
+
+    n = int(launcher.n_jobs)
+    if n < 0:  # joblib's convention: -1 all CPUs, -2 all but one, ...
+        n = max(1, cpu_count() + 1 + n)
+    jobs = sweep_jobs(cfg)
+    at_once = max(1, min(n, len(jobs)) if jobs else n)
+    threads = max(1, usable_cores() // at_once)
+    try:
+        threads = min(threads, max(1, int(os.environ["OMP_NUM_THREADS"])))
+    except (KeyError, ValueError):
+        pass
+    return threads
+
+
+class SweepEnd(Callback):
+    """Hydra callback (scenarios/config.yaml) run in the process that started the sweep: at its
+    start, divides torch's threads among the jobs that will run side by side and clears the
+    records of an earlier sweep into the same directory; at its end, counts the jobs from the
+    records they left (SWEEP; `main` prints the last line) and writes the sweep's report."""
+
+    def __init__(self) -> None:
+        self.env: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global SIDE_BY_SIDE
+        shutil.rmtree(Path(config.hydra.sweep.dir) / RECORDS, ignore_errors=True)
+        self.env = os.environ.get(THREADS_ENV)
+        threads = threads_per_job(config)
+        SIDE_BY_SIDE = threads is not None and int(config.hydra.launcher.n_jobs) != 1  # 1: in this process
+        if threads is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:  # the joblib launcher's worker processes start from this environment
+            os.environ[THREADS_ENV] = str(threads)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        global SWEEP, SIDE_BY_SIDE
+        SIDE_BY_SIDE = False
+        if self.env is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = self.env
+        stop_idle_workers()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        SWEEP = counted_jobs(sweep_dir, sweep_jobs(config))
+        if any(str(c.get("_target_", "")).endswith("report.SweepReport")
+               for c in (OmegaConf.select(config, "hydra.callbacks") or {}).values()):
+            return  # the experiment's own report callback writes it, with its settings
+        try:
+            from simulator.report import write_report
+
+            written = write_report(sweep_dir)
+        except Exception as err:  # the sweep's count matters more than its report
+            print(f"murmur: report not written: {one_line(err)}", file=sys.stderr, flush=True)
+            return
+        if written:
+            print(f"murmur: report written to {sweep_dir / 'report.md'} "
+                  f"({', '.join(Path(w).name for w in written[1:])})", flush=True)
+
+
+def stop_idle_workers() -> None:
+    """End the joblib launcher's worker processes once the sweep is over: joblib keeps them for
+    another sweep this process will never start, and the interpreter would wait seconds at exit
+    for each to tear torch down."""
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = getattr(reusable_executor, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)
+    except Exception:  # another joblib: its workers end at exit, only later
+        pass
+
+
+def counted_jobs(sweep_dir: Path, expected: list[list[str]] | None) -> list[Job]:
+    """Every job of a sweep from the records in its directory. With the expected jobs' overrides,
+    a job without a record (or with one of other overrides) counts as not completed (code -1)."""
+    records = {}
+    for path in (sweep_dir / RECORDS).glob("job-*.json"):
+        try:
+            r = json.loads(path.read_text())
+            records[int(r["number"])] = Job(int(r["number"]), list(r["overrides"]), int(r["code"]),
+                                            bool(r.get("skipped", False)))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if expected is None:
+        return [records[n] for n in sorted(records)]
+    return [records[n] if n in records and records[n].overrides == list(o) else Job(n, list(o), -1)
+            for n, o in enumerate(expected)]
 
 
 def overrides_of(args: list[str]) -> list[str]:
@@ -122,19 +274,44 @@ def completed_before(cfg, out_dir: Path) -> bool:
         summary = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("status") == "completed" and summary.get("config") == strict(asdict(cfg))
+    return summary.get("status") == "completed" and same_config(summary.get("config"), cfg)
 
 
-def run_job(cfg: DictConfig, out_dir: Path, skip_completed: bool = False) -> tuple[int, str, bool]:
+def same_config(saved, cfg) -> bool:
+    """Is a summary's (or a checkpoint's) config this run's? (`resume` aside: a resumed run
+    is the same run)."""
+    mine = strict(asdict(cfg))
+    theirs = strict(asdict(saved)) if is_dataclass(saved) else saved
+    return isinstance(theirs, dict) and {**theirs, "resume": None} == {**mine, "resume": None}
+
+
+def checkpoint_of(cfg, out_dir: Path) -> Path | None:
+    """The checkpoint an unfinished run of this very config left in out_dir (None: none)."""
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        return path if same_config(Checkpoint(path).config, cfg) else None
+    except ConfigError:  # not whole (a checkpoint is renamed into place: never half written)
+        return None
+
+
+def run_job(cfg: DictConfig, out_dir: Path, skip_completed: bool = False,
+            progress: bool | None = None) -> tuple[int, str, bool]:
     """One job: (exit code, its last line, skipped). A user mistake or an error inside the run
     ends this job alone, with a summary.json that says so; interrupts are raised again. With
     `skip_completed` (a sweep), a job whose directory already holds a completed run of the
-    same resolved config is not run again."""
+    same resolved config is not run again, and one that left a checkpoint of it continues from
+    there. `progress=False` hides the progress bar whatever sim.progress says (jobs side by side
+    would draw theirs over each other)."""
     try:
         resolved = resolve(cfg)
         if skip_completed and completed_before(resolved, out_dir):
             return 0, f"murmur: skipped: already completed in {out_dir}", True
-        result = run(resolved, out_dir=out_dir)
+        if skip_completed and resolved.resume is None and (found := checkpoint_of(resolved, out_dir)):
+            print(f"murmur: resuming from {found}", flush=True)
+            resolved = replace(resolved, resume=str(found))
+        result = run(resolved, out_dir=out_dir, progress=progress)
     except USER_ERRORS as err:
         write_json(out_dir / "summary.json", {"status": "failed", "status_detail": str(err),
                                               "user_error": True})
@@ -148,28 +325,51 @@ def run_job(cfg: DictConfig, out_dir: Path, skip_completed: bool = False) -> tup
     return EXIT[result.status], summary_line(result.summary), False
 
 
-@hydra.main(config_path=str(SCENARIOS), config_name="config", version_base=None)
-def _app(cfg: DictConfig) -> None:
+def task(cfg: DictConfig) -> int:
+    """One job, in whichever process the launcher runs it: runs it, prints its last line and, in
+    a sweep, leaves its record in the sweep directory. Returns the job's exit code."""
     hc = HydraConfig.get()
     sweep = hc.mode == RunMode.MULTIRUN
-    code, line, skipped = run_job(cfg, Path(hc.runtime.output_dir), skip_completed=sweep)
-    JOBS.append(Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code, skipped))
+    threads = os.environ.get(THREADS_ENV) if sweep else None
+    if threads:  # jobs side by side: their share of the cores, never more
+        import torch
+
+        torch.set_num_threads(int(threads))
+    code, line, skipped = run_job(cfg, Path(hc.runtime.output_dir), skip_completed=sweep,
+                                  progress=False if threads else None)
+    job = Job(OmegaConf.select(hc, "job.num", default=0) or 0, list(hc.overrides.task), code, skipped)
+    JOBS.append(job)
+    if sweep:
+        import torch
+
+        records = Path(hc.sweep.dir) / RECORDS
+        records.mkdir(parents=True, exist_ok=True)
+        write_json(records / f"job-{job.number}.json", {**asdict(job), "dir": hc.runtime.output_dir,
+                                                         "threads": torch.get_num_threads()})
     print(line, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+    return code
+
+
+_app = hydra.main(config_path=str(SCENARIOS), config_name="config", version_base=None)(task)
 
 
 def main() -> None:
+    global SWEEP, SIDE_BY_SIDE
     JOBS.clear()
+    SWEEP, SIDE_BY_SIDE = None, False
     full_error = os.environ.get("HYDRA_FULL_ERROR")
+    threads_env = os.environ.get(THREADS_ENV)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach us whole; we print one line
     try:
         with sigterm_raises(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RunWarning)  # the last line already says it
             _main(sys.argv[1:])
     finally:
-        if full_error is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = full_error
+        for key, value in (("HYDRA_FULL_ERROR", full_error), (THREADS_ENV, threads_env)):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 HELP = """murmur: simulate federated and decentralized learning (see the README for every key).
@@ -209,10 +409,10 @@ def _main(args: list[str]) -> None:
         check_overrides(args)
         sys.argv[1:] = open_overrides(args)  # what Hydra's own composition reads
         _app()
-    except KeyboardInterrupt:
-        _exit(130, "murmur: interrupted (SIGINT); what the run measured is in its directory")
-    except Interrupted:
-        _exit(143, "murmur: interrupted (SIGTERM); what the run measured is in its directory")
+    except KeyboardInterrupt as err:
+        _exit(130, f"murmur: interrupted (SIGINT); {measured(err)}")
+    except Interrupted as err:
+        _exit(143, f"murmur: interrupted (SIGTERM); {measured(err)}")
     except (UsageError, *USER_ERRORS) as err:
         _exit(2, f"murmur: error: {err}")
     except BrokenPipeError:  # `murmur --info | head`: the reader left; nothing to say
@@ -226,18 +426,34 @@ def _main(args: list[str]) -> None:
         if os.environ.get("MURMUR_TRACEBACK"):
             raise
         _exit(1, f"murmur: error: internal error: {one_line(err)} (MURMUR_TRACEBACK=1 shows where)")
-    if len(JOBS) > 1 or is_multirun(args):
-        bad = [j for j in JOBS if j.code != 0]
-        skipped = sum(j.skipped for j in JOBS)
+    jobs = SWEEP if SWEEP is not None else JOBS
+    if SWEEP is not None or len(JOBS) > 1 or is_multirun(args):
+        bad = [j for j in jobs if j.code != 0]
+        skipped = sum(j.skipped for j in jobs)
         note = f" ({skipped} skipped: completed before)" if skipped else ""
         if bad:
-            names = "; ".join(f"#{j.number} ({' '.join(j.overrides)}): exit {j.code}" for j in bad)
-            _exit(1, f"murmur: sweep: {len(JOBS) - len(bad)} of {len(JOBS)} jobs completed{note}; "
+            names = "; ".join(f"#{j.number} ({' '.join(j.overrides)}): "
+                              + (f"exit {j.code}" if j.code >= 0 else "left no result") for j in bad)
+            _exit(1, f"murmur: sweep: {len(jobs) - len(bad)} of {len(jobs)} jobs completed{note}; "
                      f"not completed: {names}")
-        print(f"murmur: sweep: all {len(JOBS)} jobs completed{note}")
+        print(f"murmur: sweep: all {len(jobs)} jobs completed{note}")
         return
     if JOBS:
         sys.exit(JOBS[0].code)
+
+
+def measured(err: BaseException) -> str:
+    """Where an interrupted run or sweep left what it measured."""
+    if SIDE_BY_SIDE:  # joblib killed its worker processes: their runs wrote nothing more
+        return ("the sweep's running jobs were stopped; run the same command again to run every "
+                "job that did not complete")
+    return f"what the run measured is in its directory{resume_hint(err)}"
+
+
+def resume_hint(err: BaseException) -> str:
+    """How to continue an interrupted run, when it wrote a checkpoint."""
+    path = getattr(err, "checkpoint", None)
+    return f"; continue it with resume={path}" if path else ""
 
 
 def _exit(code: int, line: str) -> None:
@@ -245,5 +461,7 @@ def _exit(code: int, line: str) -> None:
     sys.exit(code)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m simulator.cli`: the module Hydra's callback imports, once
+    from simulator.cli import main as _main_of_the_module
+
+    _main_of_the_module()

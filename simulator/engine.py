@@ -10,6 +10,10 @@ batched and an unbatched run see the same events in the same order.
 Kinds at one instant run in priority order (lower first; protocols.Priority names the
 levels). Each kind has exactly one handler. `resolution` > 0 rounds every event time up to a
 multiple of it (a clock in ticks), which turns near-coincident events into large waves.
+
+Between two instants nothing is half done: `after_instant` runs a callback there (a
+checkpoint), and `state` / `restore` carry the pending events (with their handlers, which
+pickle as bound methods of the protocol) to a fresh engine (simulator.checkpoint).
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ class Engine:
         self._instants: set[float] = set()
         self._stop = self.env.event()
         self._now = 0.0
+        self._after: list[Callable[[], None]] = []  # callbacks due once the current instant ends
+        self.running = False  # inside run(): an instant may be half done
 
     @property
     def now(self) -> float:
@@ -88,11 +94,43 @@ class Engine:
     def run(self, until: float | None = None) -> None:
         """Process events until `stop()` is called, none is left, or the next one lies past `until`."""
         env = self.env
-        while not self._stop.triggered:
-            t = env.peek()
-            if t == math.inf or (until is not None and t > until):
-                break
-            env.step()
+        self.running = True
+        try:
+            while not self._stop.triggered:
+                t = env.peek()
+                if t == math.inf or (until is not None and t > until):
+                    break
+                env.step()
+                while self._after:
+                    self._after.pop(0)()
+        finally:
+            self.running = False
+
+    def after_instant(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once the instant being processed has ended (every kind's wave,
+        and the waves they scheduled for the same instant), before the next one begins."""
+        self._after.append(callback)
+
+    def state(self) -> dict:
+        """The pending events and the clock, to continue in a fresh engine (`restore`)."""
+        return {"now": self._now, "calls": self.calls, "log": self.log,
+                "kinds": {name: (k.priority, k.handler, k.chunks) for name, k in self._kinds.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()` of another engine: its clock, its pending events, and the
+        handlers of kinds this engine lacks (those a protocol registers when it starts)."""
+        self._now, self.calls, self.log = state["now"], state["calls"], state["log"]
+        self.env = simpy.Environment(initial_time=self._now)
+        self._stop = self.env.event()
+        self._instants = set()
+        for name, (priority, handler, chunks) in state["kinds"].items():
+            if name not in self._kinds:
+                self.on(name, handler, priority)
+            self._kinds[name].chunks = chunks
+            self._instants.update(chunks)
+        for t in sorted(self._instants):
+            ev = self.env.timeout(t - self._now)
+            ev.callbacks.append(lambda _ev, t=t: self._fire(t))
 
     def _next_kind(self, t: float) -> str | None:
         ready = [(k.priority, name) for name, k in self._kinds.items() if t in k.chunks]

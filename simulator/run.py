@@ -31,7 +31,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -40,11 +40,13 @@ from torch import nn
 
 from kernels import consensus_distance, row_blocks
 from kernels.variance import segment_indicator, segment_moments
-from scenarios import RunConfig, World, assemble, resolve
+from scenarios import ConfigError, RunConfig, World, assemble, resolve
 from scenarios.schema import first_line
 from scenarios.world import rng
+from simulator.checkpoint import NAME as CHECKPOINT
+from simulator.checkpoint import Checkpoint, continued_config, save
 from simulator.engine import Engine
-from simulator.metrics import Recorder
+from simulator.metrics import Recorder, plot_graph
 
 
 @dataclass
@@ -103,13 +105,20 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         graph: nx.Graph | None = None, model: nn.Module | None = None,
         out_dir: str | Path | None = None, progress: bool | None = None) -> RunResult:
     """Run one scenario; see the module docstring. Writes metrics.csv, summary.json and
-    curves.png when `out_dir` is given."""
+    curves.png when `out_dir` is given (and checkpoint.pt: sim.checkpoint_every, interrupts)."""
     wall0 = time.perf_counter()
     cfg = resolve(config, overrides)
+    resumed = None
+    if cfg.resume is not None:
+        resumed = Checkpoint(cfg.resume)
+        cfg = continued_config(cfg, resumed.config)
+    if cfg.sim.checkpoint_every and out_dir is None:
+        raise ConfigError("sim.checkpoint_every needs a run directory to write checkpoint.pt in "
+                          "(murmur has one; from Python pass out_dir=...)")
     world = assemble(cfg, graph=graph, model=model)
     protocol = world.protocol()
     engine = Engine(batching=cfg.sim.batching, resolution=cfg.sim.resolution, record=cfg.sim.record_events)
-    recorder = Recorder(out_dir, world.task.headline)
+    recorder = Recorder(out_dir, world.task.headline, tensorboard=cfg.log.tensorboard)
     show = cfg.sim.progress if progress is None else progress
     eval_nodes = None
     if cfg.nodes > cfg.eval.max_nodes:
@@ -131,6 +140,8 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         finally:
             evaluated["wall_s"] += time.perf_counter() - t0
 
+    last_scores: list = []  # (which rows, each one's headline metric) of the last evaluation: graph.png
+
     def _evaluate(r: int, t: float) -> None:
         models = protocol.models()
         ok = finite_rows(models)
@@ -138,6 +149,7 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         rows = (models if which is None else models[which]).float()  # 16-bit storage: scored in float32
         evaluated.update(models=len(rows), of=len(models), test_samples=len(world.test_set[1]))
         scores = protocol.evaluate(rows, which)
+        last_scores[:] = [which, scores[world.task.headline]]
         loss = scores["loss"]
         if not first_loss:
             finite = loss[torch.isfinite(loss)]
@@ -157,20 +169,51 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         if not bool(ok.all()):
             raise Diverged(diverged_message(ok, r, t))
 
+    def checkpoint(r: int) -> None:
+        """Write checkpoint.pt (between two instants: nothing is half done). Not once the last
+        round has run: an instant may hold several rounds (FedAsync), the last among them."""
+        if engine.stopped:
+            return
+        try:
+            written[:] = [Path(out_dir) / CHECKPOINT]
+            save(written[0], cfg, r, world=world, protocol=protocol, engine=engine,
+                 on_round=on_round, run_state={"rows": recorder.rows, "first_loss": first_loss,
+                                               "evaluated": evaluated, "wall_s": time.perf_counter() - wall0,
+                                               "round": r})
+        except Exception as err:  # never lose the run over its checkpoint
+            written.clear()
+            warnings.warn(f"checkpoint not written: {one_line(err)}", RunWarning, stacklevel=2)
+
+    last_round = [0]
+    written: list[Path] = []  # the checkpoint written last (an interrupt names it)
+
     def on_round(r: int, t: float) -> None:
+        last_round[0] = r
         if bar is not None:
             bar.update(1)
         if r % cfg.eval.every == 0 or r >= cfg.rounds:
             evaluate(r, t)
         if r >= cfg.rounds:
             engine.stop()
+        elif cfg.sim.checkpoint_every and r % cfg.sim.checkpoint_every == 0:
+            engine.after_instant(lambda: checkpoint(r))
 
     protocol.attach(engine, on_round)
+    if resumed is not None:
+        saved = resumed.restore(world=world, protocol=protocol, engine=engine, on_round=on_round)
+        for row in saved["rows"]:
+            recorder.add(row)
+        first_loss[:], last_round[0] = saved["first_loss"], saved["round"]
+        evaluated.update(saved["evaluated"])
+        wall0 -= saved["wall_s"]  # wall time goes on from where the checkpoint left it
+        if bar is not None:
+            bar.update(saved["round"])
     status, detail = "completed", ""
     try:
-        with sigterm_raises():
-            evaluate(0, 0.0)  # the initial models: round 0
-            protocol.start()
+        with interrupts(engine, (lambda: checkpoint(last_round[0])) if out_dir is not None else None):
+            if resumed is None:
+                evaluate(0, 0.0)  # the initial models: round 0
+                protocol.start()
             engine.run()
         done = recorder.rows[-1]["round"]
         if done < cfg.rounds:
@@ -178,11 +221,13 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
                                         f"left (at simulated time {engine.now:.6g} s)")
     except Diverged as err:
         status, detail = "diverged", str(err)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         status, detail = "interrupted", "SIGINT"
+        err.checkpoint = written[0] if written else None  # what `murmur` tells to resume
         raise
     except Interrupted as err:
         status, detail = "interrupted", str(err)
+        err.checkpoint = written[0] if written else None
         raise
     except BaseException as err:
         status, detail = "failed", one_line(err)
@@ -193,9 +238,55 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         recorder.close({"status": status, "status_detail": detail,
                         **summarize(cfg, world, protocol, engine, recorder.rows, time.perf_counter() - wall0,
                                     evaluated)})
+    if out_dir is not None and cfg.log.graph and last_scores and world.graph.number_of_edges():
+        draw_graph(world, cfg, last_scores, Path(out_dir) / "graph.png", recorder.summary.get("title", ""))
     if status != "completed":
         warnings.warn(f"run {status}: {detail}", RunWarning, stacklevel=2)
     return RunResult(recorder.rows, recorder.summary, engine.log, protocol.models().to(torch.float32, copy=True))
+
+
+@contextmanager
+def interrupts(engine: Engine, checkpoint: Callable[[], None] | None):
+    """SIGINT raises KeyboardInterrupt and SIGTERM raises Interrupted. With `checkpoint`, a
+    signal that arrives while the engine runs waits for the current instant to end, writes the
+    checkpoint there and then raises (a second signal raises at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+
+    def fail(signum):
+        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
+
+    def then_fail(signum):
+        checkpoint()
+        fail(signum)
+
+    def handler(signum, frame):
+        if checkpoint is None or not engine.running or pending:
+            fail(signum)
+        pending.append(signum)
+        engine.after_instant(lambda: then_fail(signum))
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def draw_graph(world: World, cfg: RunConfig, last_scores: list, path: Path, title: str) -> None:
+    """graph.png: the topology, each node coloured by its last evaluation's headline metric."""
+    which, values = last_scores
+    if which is None and len(values) != world.n:  # not one model per node (FedAvg's global model)
+        return
+    nodes = np.arange(len(values)) if which is None else which.cpu().numpy()
+    try:
+        plot_graph(world.graph, nodes, values.detach().float().cpu().numpy(), path, seed=cfg.seed, title=title,
+                   label=f"final test {world.task.headline.replace('_', '-')}")
+    except Exception as err:  # a view of the run: never lose the run over it
+        warnings.warn(f"graph.png not drawn: {one_line(err)}", RunWarning, stacklevel=3)
 
 
 def one_line(err: BaseException) -> str:

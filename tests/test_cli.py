@@ -109,3 +109,126 @@ def test_help_lists_the_groups_and_the_config_of_the_overrides(tmp_path):
     assert "protocol:\n  name: gossip\n  beta: 0.5" in p.stdout
     bad = murmur("protocol=nope", "--help", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("murmur: error: unknown protocol 'nope'")
+
+
+def metrics_of(sweep: Path) -> dict[str, list[dict]]:
+    """{job directory name: metrics.csv rows without wall_time_s} of every job of a sweep."""
+    import csv
+
+    out = {}
+    for m in sorted(sweep.glob("*/metrics.csv")):
+        rows = list(csv.DictReader(open(m)))
+        out[m.parent.name] = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+    return out
+
+
+def test_a_parallel_sweep_gives_the_numbers_of_a_sweep_run_one_job_after_another(tmp_path):
+    """The default launcher runs the jobs side by side (worker processes), one torch thread each
+    here (OMP_NUM_THREADS=1 caps them); hydra/launcher=basic runs them in this process. The
+    same metrics, bit for bit, and the same last line, counted from the jobs' records."""
+    args = ("-m", "protocol=fedavg,gossip", "seed=0,1", "nodes=8", "rounds=2", "topology=ring",
+            "sim.progress=false")
+    side = murmur(*args, f"hydra.sweep.dir={tmp_path}/side", cwd=tmp_path)
+    one = murmur(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path}/one", cwd=tmp_path)
+    for p in (side, one):
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip().splitlines()[-1] == "murmur: sweep: all 4 jobs completed"
+    assert "Joblib.Parallel(n_jobs=" in side.stdout and "Joblib" not in one.stdout
+    a, b = metrics_of(tmp_path / "side"), metrics_of(tmp_path / "one")
+    assert len(a) == 4 and a == b
+    records = [json.loads(r.read_text()) for r in sorted((tmp_path / "side" / ".murmur").glob("job-*.json"))]
+    assert [r["number"] for r in records] == [0, 1, 2, 3] and all(r["threads"] == 1 for r in records)
+    assert (tmp_path / "side" / "report.md").exists()  # every sweep writes its report
+
+
+def test_a_parallel_sweep_counts_a_failed_job_and_imports_the_users_protocol(tmp_path):
+    """A protocol in the user's module (found from the working directory) in worker processes;
+    a job with a bad value ends alone and the parent names it. The two jobs run at once, each on
+    its share of this machine's cores (OMP_NUM_THREADS unset)."""
+    tests = Path(__file__).parent
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    p = subprocess.run([sys.executable, "-m", "simulator.cli", "-m", "protocol=toy_protocol.TrimmedMeanGossip",
+                        "nodes=5,0", "rounds=1", "topology=ring", "sim.progress=false",
+                        f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tests, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert p.returncode == 1, p.stderr
+    records = [json.loads(r.read_text()) for r in (tmp_path / "sweep" / ".murmur").glob("job-*.json")]
+    cores = len(os.sched_getaffinity(0))
+    assert sorted(r["threads"] for r in records) == [max(1, cores // min(cores, 2))] * 2
+    assert p.stdout.count("murmur: completed: toy_protocol.TrimmedMeanGossip, 5 nodes") == 1
+    assert p.stderr.count("murmur: error: nodes must be an integer from 1 to") == 1
+    assert p.stderr.strip().splitlines()[-1] == (
+        "murmur: sweep: 1 of 2 jobs completed; not completed: #1 (protocol=toy_protocol.TrimmedMeanGossip "
+        "nodes=0 rounds=1 topology=ring sim.progress=False): exit 2")
+
+
+def test_the_threads_of_jobs_side_by_side_divide_the_cores(monkeypatch):
+    from omegaconf import OmegaConf
+    from simulator import cli
+
+    def config(n_jobs, task, launcher="hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"):
+        return OmegaConf.create({"hydra": {
+            "launcher": {"_target_": launcher, "n_jobs": n_jobs},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
+            "overrides": {"task": task}}})
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli, "usable_cores", lambda: 8)
+    sweep = ["protocol=fedavg,gossip", "seed=0,1,2", "nodes=4"]  # 6 jobs
+    assert cli.sweep_jobs(config(1, sweep))[4] == ["protocol=gossip", "seed=1", "nodes=4"]
+    assert config("${murmur_n_jobs:}", sweep).hydra.launcher.n_jobs == 6  # a core per job, at most
+    assert config("${murmur_n_jobs:}", ["seed=0,1"]).hydra.launcher.n_jobs == 2
+    assert cli.threads_per_job(config("${murmur_n_jobs:}", sweep)) == 1    # 8 cores // 6 jobs
+    assert cli.threads_per_job(config("${murmur_n_jobs:}", ["seed=0,1"])) == 4
+    assert cli.threads_per_job(config(3, sweep)) == 2  # the threads follow hydra.launcher.n_jobs
+    assert cli.threads_per_job(config(1, sweep)) == 8
+    assert cli.threads_per_job(config(16, ["seed=0,1"])) == 4  # 2 jobs run at once, not 16
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert cli.threads_per_job(config(1, sweep, launcher=basic)) is None  # one job after another: torch's own
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cli.threads_per_job(config(1, sweep)) == 2  # OMP_NUM_THREADS caps them
+
+
+def test_ctrl_c_stops_a_parallel_sweep_and_its_workers(tmp_path):
+    import signal
+    import time
+
+    def alive(pid):  # a zombie awaiting its reaper counts as gone
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "simulator.cli", "-m", "seed=0,1,2,3", "nodes=20", "rounds=100000",
+                          "protocol=gossip", "sim.progress=false", f"hydra.sweep.dir={tmp_path}/sweep"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        deadline = time.monotonic() + 180
+        while not list(Path(tmp_path, "sweep").glob("*/.hydra")):  # a job has started
+            assert p.poll() is None and time.monotonic() < deadline, "no job started"
+            time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        for c in children:
+            try:
+                if "loky" in Path(f"/proc/{c}/cmdline").read_text():
+                    workers.append(int(c))
+            except OSError:
+                pass
+        assert workers, children
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)  # promptly: the jobs would run for hours
+        assert p.returncode == 130, err
+        assert err.strip().splitlines()[-1].startswith("murmur: interrupted (SIGINT)")
+        deadline = time.monotonic() + 10
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(w) for w in workers)  # the workers went with the sweep
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)

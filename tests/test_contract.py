@@ -1,7 +1,8 @@
 """The contract every registered protocol keeps, checked the same way for each (a new protocol
 is covered by being registered): same seed = same metrics.csv; batched = unbatched; bytes
 accounted; models() shaped [k, P]; its declared columns written; it learns a multi-label task
-too; its summary reproduces its config; and, where the bridge runs it (fedavg, federated m2n2,
+too; its summary reproduces its config; resumed from a checkpoint it ends as if never stopped;
+and, where the bridge runs it (fedavg, federated m2n2,
 a per-node merge rule), the Flower bridge ends with the simulator's final models.
 
 `toy_protocol` (this folder, outside the package) registers a user-written protocol: it is
@@ -100,6 +101,26 @@ def test_same_seed_same_metrics_csv(name, tmp_path):
 
     assert numbers("a") == numbers("b")
     assert numbers("a") != numbers("c")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resumed_from_a_checkpoint_ends_as_if_never_stopped(name, tmp_path):
+    """Round 2's checkpoint (every attribute of the protocol, the pending events) continued in a
+    fresh process-like build: the same metrics.csv, final models, events and handler calls."""
+    ov = scenario(name, "rounds=4", "sim.record_events=true")
+    whole = run(overrides=[*ov, "sim.checkpoint_every=2"], out_dir=tmp_path / "a")
+    checkpoint = tmp_path / "a" / "checkpoint.pt"
+    assert checkpoint.exists()
+    resumed = run(overrides=[f"resume={checkpoint}"], out_dir=tmp_path / "b")
+
+    def numbers(d):
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(open(tmp_path / d / "metrics.csv"))]
+
+    assert numbers("a") == numbers("b") and len(numbers("b")) == 5
+    assert torch.equal(whole.final_models, resumed.final_models)
+    assert whole.event_log == resumed.event_log
+    assert whole.summary["handler_calls"] == resumed.summary["handler_calls"]
+    assert resumed.summary["config"]["resume"] == str(checkpoint)
 
 
 @pytest.mark.parametrize("name", NAMES)
