@@ -47,7 +47,7 @@ from scenarios.schema import GROUPS, ensure_option, explain, group_choices, open
 from simulator.checkpoint import NAME as CHECKPOINT
 from simulator.checkpoint import Checkpoint
 from simulator.metrics import strict, write_json
-from simulator.run import Interrupted, RunWarning, one_line, run, sigterm_raises, summary_line
+from simulator.run import Interrupted, RunWarning, interrupts, one_line, run, summary_line
 from topologies import TopologyError
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, ProtocolError, TopologyError)
@@ -361,7 +361,7 @@ def main() -> None:
     threads_env = os.environ.get(THREADS_ENV)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach us whole; we print one line
     try:
-        with sigterm_raises(), warnings.catch_warnings():
+        with interrupts(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RunWarning)  # the last line already says it
             _main(sys.argv[1:])
     finally:

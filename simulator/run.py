@@ -11,12 +11,17 @@ part of a config; the rest keeps its defaults) instead of, or on top of, overrid
 networkx graph) and `model` (a torch nn.Module whose weights every node starts from) replace
 the named ones.
 
+With `sim.checkpoint_every=k` the run writes checkpoint.pt every k rounds, between two
+simulated instants (simulator.checkpoint); `resume=PATH` continues one, and ends with the
+metrics the run would have had if never stopped (wall_time_s aside).
+
 Every run ends with a status in summary.json and in `RunResult.status`:
   completed    all rounds ran;
   diverged     a model's parameters became NaN or inf (found at an evaluation): the run stops
                there and `status_detail` names the nodes and the round;
-  interrupted  SIGINT (Ctrl-C) or SIGTERM: summary.json and curves.png are still written, then
-               KeyboardInterrupt or `Interrupted` is raised again;
+  interrupted  SIGINT (Ctrl-C) or SIGTERM: at the end of the simulated instant it arrived in,
+               checkpoint.pt (with out_dir), summary.json and curves.png are written, then
+               KeyboardInterrupt or `Interrupted` is raised again (its `checkpoint`: the path);
   failed       an error inside the run (written, then raised again), or a run that stalled
                (no event left before the last round).
 """
@@ -82,23 +87,6 @@ class RunWarning(RuntimeWarning):
 
 class Diverged(Exception):
     """Some model rows became non-finite."""
-
-
-@contextmanager
-def sigterm_raises():
-    """Within the block, SIGTERM raises Interrupted (so the run can write what it has)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Sequence[str] = (),
@@ -246,10 +234,11 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
 
 
 @contextmanager
-def interrupts(engine: Engine, checkpoint: Callable[[], None] | None):
-    """SIGINT raises KeyboardInterrupt and SIGTERM raises Interrupted. With `checkpoint`, a
-    signal that arrives while the engine runs waits for the current instant to end, writes the
-    checkpoint there and then raises (a second signal raises at once)."""
+def interrupts(engine: Engine | None = None, checkpoint: Callable[[], None] | None = None):
+    """Within the block SIGINT raises KeyboardInterrupt and SIGTERM raises Interrupted (so the
+    run can write what it has). With `checkpoint`, a signal that arrives while the engine runs
+    waits for the current instant to end, writes the checkpoint there and then raises (a second
+    signal raises at once)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -350,6 +339,7 @@ def summarize(cfg: RunConfig, world: World, protocol, engine: Engine, rows: list
         "n_parameters": world.layout.size,
         "evaluation": ev,
         "seed": cfg.seed,
+        "torch_threads": torch.get_num_threads(),  # results depend on it (torch's reductions split by thread)
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "networkx": nx.__version__},
     }

@@ -161,7 +161,7 @@ def test_a_failed_checkpoint_never_loses_the_run_nor_the_last_checkpoint(tmp_pat
 
 def test_a_sweep_run_again_continues_an_unfinished_job_from_its_checkpoint(tmp_path):
     args = ["-m", "seed=0,1", "nodes=6", "rounds=5", "topology=ring", "sim.checkpoint_every=2",
-            "sim.progress=false", f"hydra.sweep.dir={tmp_path}/sweep"]
+            "sim.progress=false", "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path}/sweep"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 
     def murmur():

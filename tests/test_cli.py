@@ -78,7 +78,7 @@ def test_run_and_sweep_write_their_outputs(tmp_path):
 
 def test_a_sweep_run_again_skips_the_jobs_it_completed_and_runs_the_rest(tmp_path):
     args = ("-m", "seed=0,1,2", "nodes=6", "rounds=1", "topology=ring", "sim.progress=false",
-            f"hydra.sweep.dir={tmp_path}/sweep")
+            "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path}/sweep")  # in one process: quicker for tiny jobs
     assert murmur(*args, cwd=tmp_path).returncode == 0
     gone, stopped, done = sorted(p.parent for p in Path(tmp_path, "sweep").glob("*/summary.json"))
     shutil.rmtree(gone)  # a job directory deleted
@@ -232,3 +232,33 @@ def test_ctrl_c_stops_a_parallel_sweep_and_its_workers(tmp_path):
         for w in workers:
             if alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_a_sweep_killed_half_way_and_run_again_ends_with_the_uninterrupted_report(tmp_path):
+    import signal
+    import time
+
+    args = ["-m", "protocol=gossip,fedavg", "seed=0,1", "nodes=6", "rounds=3", "topology=ring",
+            "sim.progress=false", "hydra/launcher=basic"]
+    cmd = [sys.executable, "-m", "simulator.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = Path(tmp_path, "killed")
+    p = subprocess.Popen([*cmd, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(sweep.glob("*/summary.json"))) < 2:  # two of four jobs done
+            assert p.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    assert not (sweep / "report.csv").exists()
+    again = murmur(*args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "murmur: sweep: all 4 jobs completed (" in again.stdout and "skipped: completed before)" in again.stdout
+    whole = murmur(*args, f"hydra.sweep.dir={tmp_path}/whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    assert (sweep / "report.csv").read_text() == Path(tmp_path, "whole", "report.csv").read_text()
