@@ -14,6 +14,7 @@ only your own (as with torch.load).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
@@ -42,6 +43,17 @@ def _statics(world, protocol, engine, on_round) -> dict[int, tuple]:
         if not isinstance(value, (type(None), bool, int, float, str, tuple)):
             refs.setdefault(id(value), ("world", key))
     return refs
+
+
+def fingerprint(world) -> str:
+    """What the config alone does not say about a World: the graph actually used and, for a
+    module given to run(model=...), its weights (a resumed run must be given the same)."""
+    h = hashlib.sha1()
+    for key in ("src", "dst"):
+        h.update(np.ascontiguousarray(world.edges[key]).tobytes())
+    if world.given_weights:
+        h.update(world.template_row().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 class _Pickler(pickle.Pickler):
@@ -73,7 +85,7 @@ def save(path: Path, cfg: RunConfig, round_: int, *, world, protocol, engine, on
         with open(tmp, "wb") as f:
             f.write(MAGIC)
             pickle.dump({"format": FORMAT, "config": cfg, "round": round_, "sim_time_s": engine.now,
-                         "written": time.time()}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                         "world": fingerprint(world), "written": time.time()}, f, protocol=pickle.HIGHEST_PROTOCOL)
             _Pickler(f, _statics(world, protocol, engine, on_round)).dump(state)
             f.flush()
             os.fsync(f.fileno())
@@ -107,10 +119,14 @@ class Checkpoint:
         self.config: RunConfig = header["config"]
         self.round: int = header["round"]
         self.sim_time_s: float = header["sim_time_s"]
+        self.world: str = header["world"]
 
     def restore(self, *, world, protocol, engine, on_round) -> dict:
         """Put the saved state into a freshly built run (its World, attached protocol, engine
         and on_round); returns the run's own saved state (recorder rows, yardsticks)."""
+        if fingerprint(world) != self.world:
+            raise ConfigError(f"resume: {self.path} was written by a run on another graph or from another "
+                              "given model: pass run() the same graph= and model= as the run that wrote it")
         objects = {"world": world, "engine": engine, "protocol": protocol, "on_round": on_round}
         try:
             with open(self.path, "rb") as f:

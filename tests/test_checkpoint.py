@@ -178,3 +178,17 @@ def test_a_sweep_run_again_continues_an_unfinished_job_from_its_checkpoint(tmp_p
     assert f"murmur: resuming from {crashed / 'checkpoint.pt'}" in p.stdout
     assert p.stdout.strip().splitlines()[-1].startswith("murmur: sweep: all 2 jobs completed (1 skipped")
     assert numbers(crashed) == whole
+
+
+def test_a_run_given_its_own_graph_resumes_only_on_that_graph(tmp_path):
+    import networkx as nx
+
+    graph = nx.cycle_graph(8)
+    ov = ["protocol=gossip", "nodes=8", "topology.degree=4", "rounds=4", "sim.checkpoint_every=2", "sim.progress=false"]
+    whole = run(overrides=ov, graph=graph, out_dir=tmp_path / "a")
+    resume = [f"resume={tmp_path / 'a' / 'checkpoint.pt'}"]
+    with pytest.raises(ConfigError, match="another graph or from another given model"):
+        run(overrides=resume, out_dir=tmp_path / "b")  # the config's random_regular graph instead
+    resumed = run(overrides=resume, graph=graph, out_dir=tmp_path / "c")
+    assert numbers(tmp_path / "a") == numbers(tmp_path / "c")
+    assert torch.equal(whole.final_models, resumed.final_models)
