@@ -163,13 +163,13 @@ def run(config: Mapping[str, Any] | RunConfig | None = None, *, overrides: Seque
         if engine.stopped:
             return
         try:
-            written[:] = [Path(out_dir) / CHECKPOINT]
-            save(written[0], cfg, r, world=world, protocol=protocol, engine=engine,
+            path = Path(out_dir) / CHECKPOINT
+            save(path, cfg, r, world=world, protocol=protocol, engine=engine,
                  on_round=on_round, run_state={"rows": recorder.rows, "first_loss": first_loss,
                                                "evaluated": evaluated, "wall_s": time.perf_counter() - wall0,
                                                "round": r})
-        except Exception as err:  # never lose the run over its checkpoint
-            written.clear()
+            written[:] = [path]
+        except Exception as err:  # never lose the run over its checkpoint (the last one stays whole)
             warnings.warn(f"checkpoint not written: {one_line(err)}", RunWarning, stacklevel=2)
 
     last_round = [0]
