@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from scenarios import ConfigError, RunConfig, resolve
+from simulator.report import flatten
 
 MAGIC = b"MURMUR-CHECKPOINT\n"
 FORMAT = 1
@@ -145,16 +146,8 @@ class Checkpoint:
 
 
 def _flat(cfg: RunConfig) -> dict:
-    out = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        else:
-            out[prefix[:-1]] = value
-    walk("", asdict(cfg))
-    return {k: v for k, v in out.items() if not k.startswith(FREE_KEYS)}
+    """The config as dotted keys, the free keys left out."""
+    return {k: v for k, v in flatten(asdict(cfg)).items() if not k.startswith(FREE_KEYS)}
 
 
 def continued_config(cfg: RunConfig, saved: RunConfig) -> RunConfig:
